@@ -1,0 +1,329 @@
+"""Host attachments: one context manager that attaches a volume and undoes it.
+
+Readers of a volume on this host share one read-only Cinder attachment and
+one os-brick connection: the first reader attaches, later readers join, the
+last one out detaches (optionally after a grace period, so back-to-back
+downloads skip the attach).  Writers get an exclusive read-write attachment.
+
+Who holds what lives in a record per volume (holders.py), changed only under
+that volume's external lock; the lock covers the attach and detach critical
+sections, never the transfer.  Holders are named by pid and process start
+time, so a process killed at any point is noticed by the next user of the
+volume, which finishes or undoes its work.  Before disconnecting, we check
+Cinder for another attachment of the volume on this host (nova, say) and
+leave the device alone if there is one.
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+
+from glance_store import exceptions
+from oslo_concurrency import lockutils
+
+from glance_cinder_store import connectors
+from glance_cinder_store.connectors import base as connector_base
+from glance_cinder_store import holders
+from glance_cinder_store import privileged
+
+LOG = logging.getLogger(__name__)
+
+#: Recorded as the attachment's mountpoint: how Cinder shows our attachments.
+MOUNTPOINT = 'glance_cinder_store'
+
+
+def _host_ip(host):
+    for family in (socket.AF_INET6, socket.AF_INET):
+        try:
+            return socket.getaddrinfo(host, None, family)[0][4][0]
+        except socket.gaierror:
+            continue
+    return '127.0.0.1'
+
+
+def processes_using(path):
+    """Holders rebuilt from /proc: live processes with ``path`` open."""
+    real = os.path.realpath(path)
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        fd_dir = '/proc/%s/fd' % pid
+        try:
+            links = [os.readlink(os.path.join(fd_dir, fd))
+                     for fd in os.listdir(fd_dir)]
+        except OSError:
+            continue
+        if real in links:
+            start = holders.process_start_time(int(pid))
+            if start is not None:
+                found.append(holders.Holder(int(pid), start, 'recovered'))
+    return found
+
+
+@dataclasses.dataclass
+class Attached:
+    """What a caller gets while it holds an attachment."""
+    volume_id: str
+    mode: str
+    connection: connector_base.Connection
+    device_info: dict
+
+    @property
+    def target(self):
+        """A path to open, or a file-like object (handle-only protocols)."""
+        return self.connection.open_target(self.device_info,
+                                           self.mode == 'rw')
+
+    def extend(self):
+        """After Cinder grew the volume: let the host see the new size."""
+        return self.connection.extend()
+
+
+class HostAttachments:
+    """Attach and detach volumes on this host, shared and crash-safe."""
+
+    def __init__(self, conf, wait_timeout=None):
+        self.conf = conf
+        self.host = socket.gethostname()
+        self.records = holders.RecordStore(conf.cinder_plus_state_dir)
+        self.lock_dir = os.path.join(conf.cinder_plus_state_dir, 'locks')
+        self.access = privileged.DeviceAccess(conf.rootwrap_config)
+        self.root_helper = privileged.root_helper(conf.rootwrap_config)
+        privileged.init_privsep(conf.rootwrap_config)
+        self.grace = conf.cinder_plus_attach_grace_period
+        self.wait_timeout = (conf.cinder_state_transition_timeout
+                             if wait_timeout is None else wait_timeout)
+        self._props = None
+
+    # -- building blocks ------------------------------------------------
+
+    def lock(self, volume_id):
+        return lockutils.lock('cinder-plus-%s' % volume_id, external=True,
+                              lock_path=self.lock_dir)
+
+    def connector_properties(self):
+        if self._props is None:
+            props = connector_base.host_connector(
+                self.root_helper, _host_ip(self.host), self.host,
+                self.conf.cinder_use_multipath,
+                self.conf.cinder_enforce_multipath)
+            props['mountpoint'] = MOUNTPOINT
+            self._props = props
+        return dict(self._props)
+
+    def connection(self, record, volume=None):
+        return connectors.for_connection(
+            record.connection_info, root_helper=self.root_helper,
+            use_multipath=self.conf.cinder_use_multipath,
+            mount_point_base=self.conf.cinder_mount_point_base,
+            volume=volume)
+
+    # -- public API ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def attach(self, volumes, volume, mode):
+        """Attach ``volume`` ('ro' shared or 'rw' exclusive) for the block."""
+        me = holders.Holder.me()
+        record = self._acquire(volumes, volume, mode, me)
+        try:
+            yield Attached(volume.id, mode, self.connection(record, volume),
+                           record.device_info)
+        finally:
+            try:
+                self._release(volumes, volume.id, me)
+            except Exception:
+                LOG.exception('volume %s: detach failed; the next user of '
+                              'the volume or glance-cinder-store-cleanup '
+                              'will finish it', volume.id)
+
+    def release_idle(self, volumes, volume_id):
+        """Detach a lingering attachment nobody uses; True if none is left."""
+        with self.lock(volume_id):
+            record = self._load(volumes, volume_id)
+            if record is None:
+                return True
+            record.prune()
+            if record.holders:
+                self.records.save(record)
+                return False
+            self._detach(volumes, record)
+            return True
+
+    def recover(self, volumes):
+        """Undo every attachment of this host whose holders all died."""
+        undone = []
+        for volume_id in self.records.volume_ids():
+            with self.lock(volume_id):
+                record = self._load(volumes, volume_id)
+                if record is None:
+                    continue
+                record.prune()
+                if not record.holders and not self._lingering(record):
+                    self._detach(volumes, record)
+                    undone.append(volume_id)
+                else:
+                    self.records.save(record)
+        return undone
+
+    # -- the critical sections ----------------------------------------------
+
+    def _lingering(self, record):
+        return (record.mode == 'ro' and record.state == holders.ATTACHED and
+                record.idle_since is not None and
+                time.time() - record.idle_since < self.grace)
+
+    def _acquire(self, volumes, volume, mode, me):
+        deadline = time.monotonic() + self.wait_timeout
+        delay = 0.05
+        while True:
+            with self.lock(volume.id):
+                record = self._load(volumes, volume.id, volume)
+                if record is not None:
+                    if record.prune():
+                        LOG.info('volume %s: dropped holders that died',
+                                 volume.id)
+                    if not record.holders and not (
+                            mode == 'ro' and self._lingering(record)):
+                        self._detach(volumes, record)
+                        record = None
+                if record is None:
+                    return self._attach_new(volumes, volume, mode, me)
+                if (mode == 'ro' and record.mode == 'ro' and
+                        record.state == holders.ATTACHED):
+                    record.holders.append(me)
+                    record.idle_since = None
+                    self.records.save(record)
+                    return record
+                busy = record.mode
+            if time.monotonic() > deadline:
+                raise exceptions.BackendException(
+                    'volume %s is attached %s on this host by another '
+                    'process; gave up after %ss' % (
+                        volume.id, 'read-write' if busy == 'rw'
+                        else 'read-only', self.wait_timeout))
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _attach_new(self, volumes, volume, mode, me):
+        attachment = volumes.attachment_create(volume.id, mode)
+        record = holders.Record(volume.id, attachment['id'], mode,
+                                holders=[me])
+        self.records.save(record)
+        try:
+            updated = volumes.attachment_update(record.attachment_id,
+                                                self.connector_properties())
+            record.connection_info = updated.connection_info
+            self.records.save(record)
+            connection = self.connection(record, volume)
+            record.device_info = connection.connect()
+            self.records.save(record)
+            volumes.attachment_complete(record.attachment_id)
+            if connection.local_path:
+                record.acl_granted = self.access.grant(record.device_path,
+                                                       writable=mode == 'rw')
+            record.state = holders.ATTACHED
+            self.records.save(record)
+            return record
+        except BaseException:
+            LOG.exception('attaching volume %s failed; undoing', volume.id)
+            self._detach(volumes, record)
+            raise
+
+    def _release(self, volumes, volume_id, me):
+        with self.lock(volume_id):
+            record = self._load(volumes, volume_id)
+            if record is None:
+                LOG.warning('volume %s: attachment record vanished while in '
+                            'use', volume_id)
+                return
+            record.holders = [h for h in record.holders if h != me]
+            record.prune()
+            if record.holders:
+                self.records.save(record)
+            elif record.mode == 'ro' and self.grace > 0:
+                record.idle_since = time.time()
+                self.records.save(record)
+                self._reap_later(volumes, volume_id)
+            else:
+                self._detach(volumes, record)
+
+    def _reap_later(self, volumes, volume_id):
+        def reap():
+            try:
+                with self.lock(volume_id):
+                    record = self._load(volumes, volume_id)
+                    if record is None:
+                        return
+                    record.prune()
+                    if not record.holders and not self._lingering(record):
+                        self._detach(volumes, record)
+            except Exception:
+                LOG.exception('volume %s: detaching after the grace period '
+                              'failed; the next user or the clean-up tool '
+                              'will retry', volume_id)
+        timer = threading.Timer(self.grace + 0.05, reap)
+        timer.daemon = True
+        timer.start()
+
+    def _detach(self, volumes, record):
+        """Undo ``record`` as far as it got: ACL, device, attachment, file."""
+        path = record.device_path
+        if path and record.acl_granted:
+            self.access.revoke(path)
+        if record.connection_info:
+            try:
+                others = [a for a in volumes.host_attachments(
+                    record.volume_id, self.host) if a != record.attachment_id]
+            except exceptions.NotFound:
+                others = []
+            if others:
+                LOG.info('volume %s: leaving the device, attachment(s) %s on '
+                         'this host still use it', record.volume_id, others)
+            else:
+                try:
+                    self.connection(record).disconnect(record.device_info)
+                except Exception:
+                    LOG.exception('volume %s: os-brick disconnect failed',
+                                  record.volume_id)
+        volumes.attachment_delete(record.attachment_id)
+        self.records.remove(record.volume_id)
+
+    def _load(self, volumes, volume_id, volume=None):
+        try:
+            return self.records.load(volume_id)
+        except holders.CorruptRecord as e:
+            LOG.warning('volume %s: attachment record unreadable (%s); '
+                        'rebuilding it from Cinder', volume_id, e)
+            return self._rebuild(volumes, volume_id)
+
+    def _rebuild(self, volumes, volume_id):
+        """A record from Cinder's attachments and the processes in /proc."""
+        self.records.remove(volume_id)
+        try:
+            volume = volumes.get(volume_id)
+        except exceptions.NotFound:
+            return None
+        ours = [a for a in volume.attachments
+                if a.get('host_name') == self.host and
+                a.get('device') == MOUNTPOINT]
+        if not ours:
+            return None
+        for extra in ours[1:]:
+            volumes.attachment_delete(extra['attachment_id'])
+        attachment = volumes.client.attachments.show(ours[0]['attachment_id'])
+        record = holders.Record(
+            volume_id, attachment.id,
+            'rw' if attachment.attach_mode == 'rw' else 'ro',
+            state=holders.ATTACHED,
+            connection_info=attachment.connection_info,
+            acl_granted=os.getuid() != 0)
+        connection = self.connection(record)
+        paths = connection.brick.get_volume_paths(connection.properties)
+        if paths:
+            record.device_info = {'path': paths[0]}
+            record.holders = processes_using(paths[0])
+        self.records.save(record)
+        return record

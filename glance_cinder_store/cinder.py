@@ -1,0 +1,266 @@
+"""Talking to Cinder: credentials, endpoint, microversion and the calls we make.
+
+Nothing else in the package imports cinderclient.  Every cinderclient or
+keystoneauth error leaves this module as a glance_store exception with a
+message an operator can act on.
+"""
+
+import contextlib
+import functools
+import logging
+import threading
+
+from cinderclient import api_versions
+from cinderclient import exceptions as cinder_exc
+from cinderclient.v3 import client as cinder_client
+from glance_store import exceptions
+from keystoneauth1.access import service_catalog
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import identity
+from keystoneauth1 import session as ks_session
+from keystoneauth1 import token_endpoint
+import tenacity
+
+LOG = logging.getLogger(__name__)
+
+# 3.54: attachments with an attach mode, plus attachment complete (3.44).
+REQUIRED_VERSION = api_versions.APIVersion('3.54')
+# 3.42: extending an in-use (attached) volume.
+ONLINE_EXTEND_VERSION = api_versions.APIVersion('3.42')
+RETRIABLE_STATUS = [502, 503, 504]
+
+
+@contextlib.contextmanager
+def translated_errors(what):
+    """Re-raise Cinder/keystone failures of ``what`` as glance_store errors."""
+    try:
+        yield
+    except exceptions.GlanceStoreException:
+        raise
+    except cinder_exc.NotFound as e:
+        raise exceptions.NotFound('%s: not found in Cinder (%s)' % (what, e))
+    except cinder_exc.OverLimit as e:
+        raise exceptions.StorageFull('%s: Cinder quota exceeded (%s)'
+                                     % (what, e))
+    except cinder_exc.Forbidden as e:
+        raise exceptions.Forbidden('%s: forbidden by Cinder (%s)' % (what, e))
+    except cinder_exc.ClientException as e:
+        raise exceptions.BackendException('%s failed: %s' % (what, e))
+    except ks_exc.ClientException as e:
+        raise exceptions.BackendException(
+            '%s failed: cannot reach Cinder or Keystone (%s)' % (what, e))
+
+
+class VolumeFailed(exceptions.BackendException):
+    """A volume went to an error state, or never reached the one awaited."""
+
+
+class CinderClientFactory:
+    """Builds cinderclient clients for one store.
+
+    With ``cinder_store_*`` service credentials (password or application
+    credential) every call runs in that service project; without them the
+    request's token and project are used.  The keystone session is the
+    store's own (never shared with the built-in driver's module-level one)
+    and is created once.
+    """
+
+    def __init__(self, conf):
+        self.conf = conf
+        self._session = None
+        self._server_version = None
+        self._lock = threading.Lock()
+
+    @property
+    def uses_service_credentials(self):
+        c = self.conf
+        if c.cinder_store_application_credential_id:
+            return bool(c.cinder_store_application_credential_secret and
+                        c.cinder_store_auth_address)
+        return bool(c.cinder_store_user_name and c.cinder_store_password and
+                    c.cinder_store_project_name and
+                    c.cinder_store_auth_address)
+
+    def _verify(self):
+        if self.conf.cinder_api_insecure:
+            return False
+        return self.conf.cinder_ca_certificates_file or True
+
+    def _service_auth(self):
+        c = self.conf
+        if c.cinder_store_application_credential_id:
+            return identity.V3ApplicationCredential(
+                auth_url=c.cinder_store_auth_address,
+                application_credential_id=c.cinder_store_application_credential_id,
+                application_credential_secret=(
+                    c.cinder_store_application_credential_secret))
+        return identity.V3Password(
+            auth_url=c.cinder_store_auth_address,
+            username=c.cinder_store_user_name,
+            password=c.cinder_store_password,
+            user_domain_name=c.cinder_store_user_domain_name,
+            project_name=c.cinder_store_project_name,
+            project_domain_name=c.cinder_store_project_domain_name)
+
+    def session(self):
+        with self._lock:
+            if self._session is None:
+                auth = (self._service_auth()
+                        if self.uses_service_credentials else None)
+                self._session = ks_session.Session(auth=auth,
+                                                   verify=self._verify())
+            return self._session
+
+    def _user_auth(self, context):
+        """Token auth for the request's user against the catalog endpoint."""
+        if context is None:
+            raise exceptions.BadStoreConfiguration(
+                store_name='cinder_plus',
+                reason='no cinder_store_* service credentials are configured '
+                       'and the request carries no user context')
+        if self.conf.cinder_endpoint_template:
+            url = self.conf.cinder_endpoint_template % context.to_dict()
+        else:
+            stype, sname, interface = self.conf.cinder_catalog_info.split(':')
+            try:
+                url = service_catalog.ServiceCatalogV2(
+                    context.service_catalog).url_for(
+                        service_type=stype, service_name=sname or None,
+                        interface=interface,
+                        region_name=self.conf.cinder_os_region_name)
+            except ks_exc.EndpointNotFound:
+                raise exceptions.BadStoreConfiguration(
+                    store_name='cinder_plus',
+                    reason='no %r endpoint in the request\'s service catalog '
+                           '(cinder_catalog_info)' % self.conf.cinder_catalog_info)
+        return token_endpoint.Token(endpoint=url, token=context.auth_token)
+
+    def client(self, context=None, version=REQUIRED_VERSION):
+        auth = None if self.uses_service_credentials else self._user_auth(
+            context)
+        retries = self.conf.cinder_http_retries
+        kwargs = {}
+        if self.uses_service_credentials and self.conf.cinder_endpoint_template:
+            kwargs['os_endpoint'] = (self.conf.cinder_endpoint_template %
+                                     (context.to_dict() if context else {}))
+        elif self.uses_service_credentials:
+            stype, sname, interface = self.conf.cinder_catalog_info.split(':')
+            kwargs.update(service_type=stype, service_name=sname or None,
+                          endpoint_type=interface)
+        client = cinder_client.Client(
+            session=self.session(), auth=auth,
+            region_name=self.conf.cinder_os_region_name,
+            api_version=version, retries=retries,
+            connect_retries=retries, status_code_retries=retries,
+            retriable_status_codes=RETRIABLE_STATUS, **kwargs)
+        self._check_server_version(client)
+        return client
+
+    def _check_server_version(self, client):
+        if self._server_version is not None:
+            return
+        with translated_errors('asking Cinder for its API versions'):
+            highest = api_versions.get_highest_version(client)
+        if highest < REQUIRED_VERSION:
+            raise exceptions.BackendException(
+                'Cinder API at most %s is too old: this store needs '
+                'microversion %s (attachments with an attach mode)'
+                % (highest.get_string(), REQUIRED_VERSION.get_string()))
+        self._server_version = highest
+
+    @property
+    def online_extend_supported(self):
+        return (self._server_version is not None and
+                self._server_version >= ONLINE_EXTEND_VERSION)
+
+
+def _is_transitional(volume, transitional):
+    return volume.status in transitional
+
+
+class Volumes:
+    """The volume and attachment calls the store makes, with one client."""
+
+    def __init__(self, client, timeout):
+        self.client = client
+        self.timeout = timeout
+
+    def get(self, volume_id):
+        with translated_errors('volume %s' % volume_id):
+            return self.client.volumes.get(volume_id)
+
+    def find_by_name(self, name):
+        with translated_errors('looking up volume %s' % name):
+            return self.client.volumes.list(search_opts={'name': name})
+
+    def create(self, size_gb, name, metadata, volume_type):
+        with translated_errors('creating volume %s' % name):
+            return self.client.volumes.create(
+                size_gb, name=name, metadata=metadata,
+                volume_type=volume_type)
+
+    def wait_for(self, volume, wanted, transitional, timeout=None):
+        """Poll ``volume`` until its status is ``wanted``; fail fast on error.
+
+        Polls quickly at first (volumes are often ready in a second) and then
+        back off, bounded by ``cinder_state_transition_timeout``.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        retry = tenacity.Retrying(
+            retry=tenacity.retry_if_result(
+                functools.partial(_is_transitional, transitional=transitional)),
+            wait=tenacity.wait_exponential(multiplier=0.05, exp_base=1.6,
+                                           max=2),
+            stop=tenacity.stop_after_delay(timeout),
+            retry_error_callback=lambda state: state.outcome.result(),
+            reraise=True)
+        volume = retry(self.get, volume.id)
+        if volume.status != wanted:
+            raise VolumeFailed(
+                'volume %s is %s, expected %s%s' % (
+                    volume.id, volume.status, wanted,
+                    ' (timed out after %ss)' % timeout
+                    if volume.status in transitional else ''))
+        return volume
+
+    def extend(self, volume, new_size_gb):
+        with translated_errors('extending volume %s' % volume.id):
+            self.client.volumes.extend(volume, new_size_gb)
+
+    def delete(self, volume_id):
+        with translated_errors('deleting volume %s' % volume_id):
+            self.client.volumes.delete(volume_id)
+
+    def replace_metadata(self, volume, metadata):
+        with translated_errors('updating metadata of volume %s' % volume.id):
+            self.client.volumes.update_all_metadata(volume, metadata)
+
+    def set_readonly(self, volume):
+        with translated_errors('marking volume %s read-only' % volume.id):
+            self.client.volumes.update_readonly_flag(volume, True)
+
+    def attachment_create(self, volume_id, mode):
+        with translated_errors('reserving volume %s' % volume_id):
+            return self.client.attachments.create(volume_id, None, mode=mode)
+
+    def attachment_update(self, attachment_id, connector):
+        with translated_errors('attachment %s' % attachment_id):
+            return self.client.attachments.update(attachment_id, connector)
+
+    def attachment_complete(self, attachment_id):
+        with translated_errors('completing attachment %s' % attachment_id):
+            self.client.attachments.complete(attachment_id)
+
+    def attachment_delete(self, attachment_id):
+        """Delete an attachment; one already gone counts as deleted."""
+        try:
+            with translated_errors('deleting attachment %s' % attachment_id):
+                self.client.attachments.delete(attachment_id)
+        except exceptions.NotFound:
+            LOG.debug('attachment %s was already gone', attachment_id)
+
+    def host_attachments(self, volume_id, host):
+        """Attachment ids of ``volume_id`` held by ``host``, per Cinder."""
+        volume = self.get(volume_id)
+        return [a['attachment_id'] for a in volume.attachments
+                if a.get('host_name') == host]

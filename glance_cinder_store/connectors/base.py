@@ -1,0 +1,65 @@
+"""One attached volume as os-brick sees it: connect, extend, disconnect."""
+
+from glance_store import exceptions
+from os_brick.initiator import connector as brick_connector
+
+
+def host_connector(root_helper, my_ip, host, use_multipath, enforce_multipath):
+    """The connector properties Cinder needs to export a volume to us."""
+    return brick_connector.get_connector_properties(
+        root_helper, my_ip, use_multipath, enforce_multipath, host=host)
+
+
+class Connection:
+    """A block device reached through an os-brick connector.
+
+    Subclasses override what differs per protocol; ``device_info`` is what
+    os-brick's ``connect_volume`` returned and is kept in the host record so
+    another process can disconnect it after a crash.
+    """
+
+    #: True when connect gives a path we open ourselves (a device or file).
+    local_path = True
+
+    def __init__(self, connection_info, root_helper, use_multipath=False,
+                 mount_point_base=None, volume=None):
+        self.connection_info = connection_info
+        self.protocol = connection_info['driver_volume_type']
+        self.volume = volume
+        self.brick = brick_connector.InitiatorConnector.factory(
+            self.protocol, root_helper, use_multipath=use_multipath,
+            conn=connection_info, **self._factory_kwargs(mount_point_base))
+
+    def _factory_kwargs(self, mount_point_base):
+        return {}
+
+    @property
+    def properties(self):
+        # Cinder's attachments API returns the driver's connection data
+        # flattened, with driver_volume_type beside it; the older
+        # initialize_connection form nests it under 'data'.
+        return self.connection_info.get('data', self.connection_info)
+
+    def check(self):
+        """Refuse volumes this store cannot read or write byte for byte."""
+        if self.volume is not None and getattr(self.volume, 'encrypted',
+                                               False):
+            raise exceptions.BackendException(
+                'volume %s is encrypted: image volumes must not be'
+                % self.volume.id)
+
+    def connect(self):
+        self.check()
+        return self.brick.connect_volume(self.properties)
+
+    def disconnect(self, device_info):
+        self.brick.disconnect_volume(self.properties, device_info or {},
+                                     force=True)
+
+    def extend(self):
+        """Make the host see a volume Cinder has grown; returns new size."""
+        return self.brick.extend_volume(self.properties)
+
+    def open_target(self, device_info, writable):
+        """A path to open, or a file-like object for handle-only protocols."""
+        return device_info['path']

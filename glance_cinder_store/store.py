@@ -1,0 +1,339 @@
+"""The glance_store driver: add, get, get_size and delete images on volumes.
+
+Orchestration only.  Cinder calls live in cinder.py, attaching in attach.py,
+the byte loops in transfer.py.  Volumes follow the built-in driver's
+conventions (name ``image-<id>``, metadata ``glance_image_id``,
+``image_size``, ``image_owner``, read-only flag), so either driver reads the
+other's images and Cinder's clone fast paths work on ours.
+"""
+
+import contextlib
+import datetime
+import errno
+import logging
+import math
+import os
+import socket
+import time
+
+from glance_store import capabilities
+import glance_store.driver
+from glance_store import exceptions
+from oslo_utils import units
+
+from glance_cinder_store import attach
+from glance_cinder_store import cinder
+from glance_cinder_store import location
+from glance_cinder_store import options
+from glance_cinder_store import transfer
+# glance_store looks the location class up by this name in this module.
+from glance_cinder_store.location import StoreLocation  # noqa: F401
+
+LOG = logging.getLogger(__name__)
+
+TYPE_NAME = 'cinder_plus'
+#: Volume metadata key present while an upload is in progress.
+UPLOAD_MARK = 'glance_cinder_store_upload'
+
+
+def image_size(volume):
+    """Bytes of image on ``volume``; whole volume if Cinder made it."""
+    return int(volume.metadata.get('image_size', volume.size * units.Gi))
+
+
+def _upload_mark():
+    return 'host=%s pid=%d since=%s' % (
+        socket.gethostname(), os.getpid(),
+        datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec='seconds'))
+
+
+class Store(glance_store.driver.Store):
+    """Images as Cinder volumes, attached to this host with os-brick."""
+
+    _CAPABILITIES = (capabilities.BitMasks.READ_RANDOM |
+                     capabilities.BitMasks.WRITE_ACCESS |
+                     capabilities.BitMasks.DRIVER_REUSABLE)
+    OPTIONS = options.OPTIONS
+    EXAMPLE_URL = 'cinder://<store-id>/<volume-id>'
+
+    def __init__(self, conf, backend=None):
+        super().__init__(conf, backend=backend)
+        self._url_prefix = 'cinder://%s' % (backend or '')
+        if backend:
+            self.store_conf = glance_store.driver.BackendGroupConfiguration(
+                self.OPTIONS, backend, conf=conf)
+        else:
+            self.store_conf = conf.glance_store
+        self.clients = cinder.CinderClientFactory(self.store_conf)
+        self._attachments = None
+
+    @property
+    def name(self):
+        return self.backend_group or TYPE_NAME
+
+    def get_schemes(self):
+        # 'cinder' because Cinder and Glance only understand cinder://
+        # locations; our type name because glance_store finds a store by
+        # looking its type up as a scheme.
+        return (location.SCHEME, TYPE_NAME)
+
+    def get_store_location_class(self):
+        return location.StoreLocation
+
+    @property
+    def attachments(self):
+        if self._attachments is None:
+            self._attachments = attach.HostAttachments(self.store_conf)
+        return self._attachments
+
+    def _volumes(self, context):
+        return cinder.Volumes(self.clients.client(context),
+                              self.store_conf.cinder_state_transition_timeout)
+
+    def configure_add(self):
+        volume_type = self.store_conf.cinder_volume_type
+        if not volume_type or not self.clients.uses_service_credentials:
+            return
+        try:
+            self._volumes(None).client.volume_types.find(name=volume_type)
+        except Exception as e:
+            # Cinder may simply not be up yet: warn, and let add() fail
+            # with a clear error if the type really is missing.
+            LOG.warning('store %s: cannot confirm that volume type %r '
+                        'exists in Cinder: %s', self.name, volume_type, e)
+
+    # -- add --------------------------------------------------------------
+
+    @glance_store.driver.back_compat_add
+    @capabilities.check
+    def add(self, image_id, image_file, image_size, hashing_algo,
+            context=None, verifier=None):
+        volumes = self._volumes(context)
+        name = 'image-%s' % image_id
+        if volumes.find_by_name(name):
+            raise exceptions.Duplicate(
+                'image %s already has a volume (%s)' % (image_id, name))
+        metadata = {'glance_image_id': image_id,
+                    'image_size': str(image_size)}
+        if context is not None and context.project_id:
+            metadata['image_owner'] = context.project_id
+        size_gb = max(1, math.ceil(image_size / units.Gi))
+        volume = self._create_volume(volumes, name, size_gb,
+                                     dict(metadata, **{
+                                         UPLOAD_MARK: _upload_mark()}))
+        try:
+            volume = volumes.wait_for(volume, 'available', ('creating',))
+            result = self._write(volumes, volume, image_file, image_size,
+                                 hashing_algo, verifier)
+            metadata['image_size'] = str(result.size)
+            volumes.replace_metadata(volume, metadata)
+            volumes.set_readonly(volume)
+        except BaseException as e:
+            LOG.error('store %s: upload of image %s to volume %s failed: %s',
+                      self.name, image_id, volume.id, e)
+            self._discard(volumes, volume)
+            raise _translated_os_error(e)
+        LOG.info('store %s: image %s written to volume %s (%d bytes, %d '
+                 'zeroed without writing)', self.name, image_id, volume.id,
+                 result.size, result.zeroed_bytes)
+        url = location.StoreLocation(
+            {'volume_id': volume.id}, self.conf,
+            backend_group=self.backend_group).get_uri()
+        return (url, result.size, result.checksum, result.multihash,
+                {'store': self.backend_group} if self.backend_group else {})
+
+    def _create_volume(self, volumes, name, size_gb, metadata):
+        volume_type = self.store_conf.cinder_volume_type
+        try:
+            return volumes.create(size_gb, name, metadata, volume_type)
+        except exceptions.NotFound as e:
+            if volume_type and 'type' in str(e).lower():
+                raise exceptions.BackendException(
+                    'store %s: volume type %r (cinder_volume_type) does not '
+                    'exist in Cinder' % (self.name, volume_type))
+            raise
+
+    def _write(self, volumes, volume, image_file, image_size, hashing_algo,
+               verifier):
+        conf = self.store_conf
+        with contextlib.ExitStack() as stack:
+            attached = stack.enter_context(
+                self.attachments.attach(volumes, volume, 'rw'))
+            _check_device(attached.target, volume, image_size)
+            grower = None
+            if not image_size:
+                grower = _Grower(self, volumes, volume, stack, attached)
+            return transfer.write_image(
+                image_file, attached.target, image_size,
+                capacity=volume.size * units.Gi,
+                grow=grower, hashing_algo=hashing_algo, verifier=verifier,
+                chunk_size=conf.cinder_plus_io_chunk_size,
+                queue_depth=conf.cinder_plus_io_queue_depth,
+                skip_zeroes=conf.cinder_plus_skip_zeroes)
+
+    def _discard(self, volumes, volume):
+        """Delete a volume whose upload failed; leave a trace if we can't."""
+        try:
+            volumes.delete(volume.id)
+        except Exception:
+            LOG.exception('store %s: could not delete the volume %s of a '
+                          'failed upload; it keeps its %s metadata for '
+                          'glance-cinder-store-cleanup', self.name, volume.id,
+                          UPLOAD_MARK)
+
+    # -- get / get_size -----------------------------------------------------
+
+    @capabilities.check
+    def get(self, location, offset=0, chunk_size=None, context=None):
+        volume_id = location.store_location.volume_id
+        volumes = self._volumes(context)
+        volume = volumes.get(volume_id)
+        size = image_size(volume)
+        if offset < 0 or offset > size:
+            raise exceptions.BackendException(
+                'offset %d is outside image volume %s of %d bytes'
+                % (offset, volume_id, size))
+        length = size - offset
+        if chunk_size:
+            length = min(length, chunk_size)
+        return (self._read(volumes, volume, offset, length),
+                chunk_size or size)
+
+    def _read(self, volumes, volume, offset, length):
+        if length == 0:
+            return
+        with self.attachments.attach(volumes, volume, 'ro') as attached:
+            yield from transfer.read_range(
+                attached.target, offset, length,
+                chunk_size=self.store_conf.cinder_plus_io_chunk_size,
+                queue_depth=self.store_conf.cinder_plus_io_queue_depth)
+
+    def get_size(self, location, context=None):
+        volume_id = location.store_location.volume_id
+        try:
+            return image_size(self._volumes(context).get(volume_id))
+        except exceptions.NotFound:
+            raise
+        except Exception:
+            LOG.exception('store %s: cannot read the size of volume %s',
+                          self.name, volume_id)
+            return 0
+
+    # -- delete -------------------------------------------------------------
+
+    @capabilities.check
+    def delete(self, location, context=None):
+        volume_id = location.store_location.volume_id
+        volumes = self._volumes(context)
+        volumes.get(volume_id)      # NotFound for Glance to ignore
+        self.attachments.release_idle(volumes, volume_id)
+        volume = self._wait_unattached(volumes, volume_id)
+        try:
+            volumes.delete(volume.id)
+        except exceptions.BackendException as e:
+            raise exceptions.InUseByStore(
+                'store %s: Cinder refused to delete volume %s: %s'
+                % (self.name, volume_id, e))
+
+    def _wait_unattached(self, volumes, volume_id):
+        """Wait, bounded, for readers elsewhere to finish with the volume."""
+        timeout = self.store_conf.cinder_state_transition_timeout
+        delay, waited = 0.1, 0.0
+        while True:
+            volume = volumes.get(volume_id)
+            if not volume.attachments:
+                return volume
+            if waited >= timeout:
+                hosts = sorted({a.get('host_name') or '?'
+                                for a in volume.attachments})
+                raise exceptions.InUseByStore(
+                    'store %s: volume %s is still attached on %s after %ss'
+                    % (self.name, volume_id, ', '.join(hosts), timeout))
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 2.0)
+
+    # -- Glance's store assignment -----------------------------------------
+
+    def is_image_associated_with_store(self, context, volume_id):
+        """True when the volume's type is this store's volume type."""
+        try:
+            volumes = self._volumes(context)
+            volume = volumes.get(volume_id)
+            wanted = self.store_conf.cinder_volume_type
+            if not wanted:
+                wanted = volumes.client.volume_types.default().name
+            return volume.volume_type == wanted
+        except Exception as e:
+            LOG.debug('store %s: volume %s not associated: %s', self.name,
+                      volume_id, e)
+            return False
+
+
+def _check_device(target, volume, image_size):
+    """Refuse to write unless the device is the volume we just attached."""
+    size = transfer.device_size(target)
+    expected = volume.size * units.Gi
+    if size < expected or size >= expected + units.Gi:
+        raise exceptions.BackendException(
+            'attached device for volume %s has %d bytes but the volume is '
+            '%d GiB: refusing to write to what may be another disk'
+            % (volume.id, size, volume.size))
+    if image_size and size < image_size:
+        raise exceptions.StorageFull(
+            'volume %s (%d bytes) is smaller than the image (%d bytes)'
+            % (volume.id, size, image_size))
+
+
+def _translated_os_error(error):
+    if isinstance(error, OSError):
+        if error.errno in (errno.ENOSPC, errno.EFBIG):
+            return exceptions.StorageFull(str(error))
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return exceptions.StorageWriteDenied(str(error))
+    return error
+
+
+class _Grower:
+    """Grows a volume being written with data of unknown size.
+
+    Doubles the volume (capped by ``cinder_plus_max_extend_step_gb``) so a
+    stream of N GiB needs about log2(N) extends.  Online extend keeps the
+    attachment; when the operator says the backend cannot extend attached
+    volumes (``cinder_do_extend_attached = False``) we detach, extend and
+    attach again.
+    """
+
+    def __init__(self, store, volumes, volume, stack, attached):
+        self.store = store
+        self.volumes = volumes
+        self.volume = volume
+        self.stack = stack
+        self.attached = attached
+
+    def __call__(self, needed_bytes):
+        conf = self.store.store_conf
+        size_gb = self.volume.size
+        step = min(size_gb, conf.cinder_plus_max_extend_step_gb)
+        new_gb = max(math.ceil(needed_bytes / units.Gi), size_gb + step)
+        online = (conf.cinder_do_extend_attached and
+                  self.store.clients.online_extend_supported)
+        LOG.info('volume %s: growing %d -> %d GiB (%s)', self.volume.id,
+                 size_gb, new_gb, 'online' if online else 'offline')
+        if online:
+            self.volumes.extend(self.volume, new_gb)
+            self.volume = self.volumes.wait_for(self.volume, 'in-use',
+                                                ('extending',))
+            self.attached.extend()
+        else:
+            self.stack.close()
+            self.volumes.extend(self.volume, new_gb)
+            self.volume = self.volumes.wait_for(self.volume, 'available',
+                                                ('extending',))
+            self.attached = self.stack.enter_context(
+                self.store.attachments.attach(self.volumes, self.volume,
+                                              'rw'))
+        target = self.attached.target
+        _check_device(target, self.volume, 0)
+        return self.volume.size * units.Gi, target

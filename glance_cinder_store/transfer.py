@@ -1,0 +1,429 @@
+"""The byte engine: stream an image onto a device, and read a range back.
+
+No Cinder calls here: the store hands over an open target and, for uploads
+of unknown size, a ``grow`` callback.
+
+Upload is a pipeline.  The calling thread reads the request and re-blocks
+it into aligned chunks; md5 and the multihash each run in their own thread
+(hashlib releases the GIL, so on two cores they overlap) and a writer thread
+writes the device.  Stages hand chunks over through queues a few chunks
+deep, so memory does not grow with the image.  All-zero aligned runs are not
+written but zeroed by the device (hole punch / BLKZEROOUT), which keeps thin
+volumes thin.  Where eventlet has monkey-patched threads (no real
+parallelism, and blocking the hub would be wrong) the same stages run one
+after another in the calling green thread.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import os
+import queue
+import stat
+import struct
+import threading
+
+from glance_store.common import utils as gs_utils
+from glance_store import exceptions
+
+ALIGN = 4096
+ZERO_GRANULE = 1024 * 1024          # zero detection granularity
+BLKZEROOUT = 0x127F                 # _IO(0x12, 127)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+_STOP = object()
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong,
+                            ctypes.c_longlong]
+
+
+def threads_are_green():
+    try:
+        from eventlet import patcher
+    except ImportError:
+        return False
+    return patcher.is_monkey_patched('thread')
+
+
+def device_size(target):
+    """Size in bytes of a device, a file or a seekable handle."""
+    if isinstance(target, str):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+    here = target.tell()
+    try:
+        return target.seek(0, os.SEEK_END)
+    finally:
+        target.seek(here)
+
+
+class _Zeroer:
+    """Zero a byte range of a device or file without writing the bytes.
+
+    Tries, in order: punching a hole (reads back as zeros, frees thin
+    space; on a block device the kernel turns it into a write-zeroes with
+    unmap), BLKZEROOUT, and plain writes of zeros.  A method that fails
+    once is not tried again on this target.
+    """
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.is_block = stat.S_ISBLK(os.fstat(fd).st_mode)
+        self.methods = [self._punch] + ([self._zeroout] if self.is_block
+                                        else []) + [self._write]
+
+    def _punch(self, offset, length):
+        if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                           offset, length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    def _zeroout(self, offset, length):
+        fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack('QQ', offset, length))
+
+    def _write(self, offset, length):
+        zeros = bytes(min(length, ZERO_GRANULE * 4))
+        end = offset + length
+        while offset < end:
+            offset += os.pwrite(self.fd, zeros[:end - offset], offset)
+
+    def __call__(self, offset, length):
+        while True:
+            method = self.methods[0]
+            try:
+                return method(offset, length)
+            except OSError as e:
+                if method == self._write or e.errno not in (
+                        errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL,
+                        errno.ENOSYS, errno.ENODEV):
+                    raise
+                self.methods.pop(0)
+
+
+class _FdWriter:
+    """Writes chunks at their offsets; zero runs go to the zeroer."""
+
+    def __init__(self, fd, skip_zeroes):
+        self.fd = fd
+        self.skip_zeroes = skip_zeroes
+        self.zero = _Zeroer(fd) if skip_zeroes else None
+        self._pending_zero = None   # (start, end) not yet zeroed
+        self.zeroed_bytes = 0
+        self._zeros = bytes(ZERO_GRANULE)
+
+    def _flush_zero(self):
+        if self._pending_zero:
+            start, end = self._pending_zero
+            self.zero(start, end - start)
+            self.zeroed_bytes += end - start
+            self._pending_zero = None
+
+    def _write(self, view, offset):
+        self._flush_zero()
+        while len(view):
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def write(self, chunk, offset):
+        view = memoryview(chunk)
+        if not self.skip_zeroes or offset % ALIGN:
+            return self._write(view, offset)
+        pos = 0
+        while pos < len(view):
+            piece = view[pos:pos + ZERO_GRANULE]
+            if len(piece) % ALIGN == 0 and piece == self._zeros[:len(piece)]:
+                start = offset + pos
+                if self._pending_zero and self._pending_zero[1] == start:
+                    self._pending_zero = (self._pending_zero[0],
+                                          start + len(piece))
+                else:
+                    self._flush_zero()
+                    self._pending_zero = (start, start + len(piece))
+            else:
+                self._write(piece, offset + pos)
+            pos += len(piece)
+
+    def close(self):
+        """Zero what is pending, flush to stable storage, close."""
+        if self.fd is None:
+            return
+        try:
+            self._flush_zero()
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _HandleWriter:
+    """For handle-only targets (e.g. librbd): seek and write every byte."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.zeroed_bytes = 0
+
+    def write(self, chunk, offset):
+        self.handle.seek(offset)
+        self.handle.write(chunk)
+
+    def close(self):
+        flush = getattr(self.handle, 'flush', None)
+        if flush:
+            flush()
+
+
+def _chunks(source, chunk_size):
+    """Re-block a file-like source into chunk_size pieces (last is short)."""
+    buf = bytearray()
+    while True:
+        data = source.read(chunk_size)
+        if not data:
+            break
+        if not buf and len(data) == chunk_size:
+            yield bytes(data)
+            continue
+        buf += data
+        while len(buf) >= chunk_size:
+            yield bytes(buf[:chunk_size])
+            del buf[:chunk_size]
+    if buf:
+        yield bytes(buf)
+
+
+class WriteResult:
+    def __init__(self, size, checksum, multihash, zeroed_bytes):
+        self.size = size
+        self.checksum = checksum
+        self.multihash = multihash
+        self.zeroed_bytes = zeroed_bytes
+
+
+class _Stage(threading.Thread):
+    """A consumer thread: applies ``fn`` to every chunk it is handed."""
+
+    def __init__(self, name, fn, depth, failed):
+        super().__init__(name=name, daemon=True)
+        self.fn = fn
+        self.inbox = queue.Queue(maxsize=depth)
+        self.error = None
+        self.failed = failed
+
+    def run(self):
+        while True:
+            item = self.inbox.get()
+            if item is _STOP:
+                return
+            if self.error is None:
+                try:
+                    self.fn(*item)
+                except BaseException as e:  # handed to the caller
+                    self.error = e
+                    self.failed.set()
+
+
+def write_image(source, target, expected_size, capacity, grow=None,
+                hashing_algo='sha512', verifier=None,
+                chunk_size=4 * 1024 * 1024, queue_depth=4, skip_zeroes=True):
+    """Stream ``source`` onto ``target`` from offset 0; return a WriteResult.
+
+    :param expected_size: declared image size, 0 when unknown.  More or
+        fewer bytes than declared raise ``exceptions.Invalid``; nothing is
+        ever written past it.
+    :param capacity: bytes the target holds now.
+    :param grow: ``grow(min_bytes) -> new capacity``, for unknown sizes.
+    """
+    md5 = gs_utils.get_hasher('md5', False)
+    multihash = gs_utils.get_hasher(hashing_algo, False)
+    state = {'capacity': capacity, 'writer': _open_writer(target, skip_zeroes)}
+
+    def write(chunk, offset):
+        end = offset + len(chunk)
+        if end > state['capacity']:
+            if grow is None:
+                raise exceptions.StorageFull(
+                    'image does not fit the volume (%d > %d bytes)'
+                    % (end, state['capacity']))
+            # Flush and let go of the device: growing may re-attach it.
+            state['writer'].close()
+            state['capacity'], target = grow(end)
+            state['writer'] = _open_writer(target, skip_zeroes)
+        state['writer'].write(chunk, offset)
+
+    def hash_md5(chunk, offset):
+        md5.update(chunk)
+        if verifier is not None:
+            verifier.update(chunk)
+
+    def hash_multi(chunk, offset):
+        multihash.update(chunk)
+
+    try:
+        total = _run_pipeline(source, [hash_md5, hash_multi, write],
+                              expected_size, chunk_size, queue_depth)
+        state['writer'].close()     # durable before we report success
+    except BaseException:
+        try:
+            state['writer'].close()
+        except Exception:
+            pass    # the first error is the one worth reporting
+        raise
+    return WriteResult(total, md5.hexdigest(), multihash.hexdigest(),
+                       state['writer'].zeroed_bytes)
+
+
+def _open_writer(target, skip_zeroes):
+    if isinstance(target, str):
+        return _FdWriter(os.open(target, os.O_WRONLY), skip_zeroes)
+    return _HandleWriter(target)
+
+
+def _size_checked(chunks, expected_size):
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if expected_size and total > expected_size:
+            raise exceptions.Invalid(
+                'image data is longer than its declared size of %d bytes'
+                % expected_size)
+        yield chunk
+    if expected_size and total != expected_size:
+        raise exceptions.Invalid(
+            'image data ended after %d bytes; %d were declared'
+            % (total, expected_size))
+
+
+def _run_pipeline(source, steps, expected_size, chunk_size, depth):
+    chunks = _size_checked(_chunks(source, chunk_size), expected_size)
+    offset = 0
+    if threads_are_green():
+        for chunk in chunks:
+            for step in steps:
+                step(chunk, offset)
+            offset += len(chunk)
+        return offset
+    failed = threading.Event()
+    stages = [_Stage('gcs-%s' % s.__name__, s, depth, failed) for s in steps]
+    for stage in stages:
+        stage.start()
+    try:
+        for chunk in chunks:
+            if failed.is_set():
+                break
+            for stage in stages:
+                _put(stage.inbox, (chunk, offset), failed)
+            offset += len(chunk)
+    finally:
+        for stage in stages:
+            stage.inbox.put(_STOP)
+        for stage in stages:
+            stage.join()
+    for stage in stages:
+        if stage.error is not None:
+            raise stage.error
+    return offset
+
+
+def _put(inbox, item, failed):
+    # A failed stage stops draining its queue: do not block on it forever.
+    while True:
+        try:
+            return inbox.put(item, timeout=0.5)
+        except queue.Full:
+            if failed.is_set():
+                return
+
+
+def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
+               queue_depth=4):
+    """Yield ``length`` bytes of ``target`` from ``offset``, read ahead.
+
+    A thread reads the next chunks while the caller sends the previous
+    ones; closing the generator early stops it.
+    """
+    if isinstance(target, str):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+
+        def pread(n, at):
+            return os.pread(fd, n, at)
+    else:
+        fd = None
+
+        def pread(n, at):
+            target.seek(at)
+            return target.read(n)
+
+    def pieces():
+        pos, end = offset, offset + length
+        while pos < end:
+            data = pread(min(chunk_size, end - pos), pos)
+            if not data:
+                raise exceptions.BackendException(
+                    'device ended at %d bytes, before the image end (%d)'
+                    % (pos, end))
+            yield data
+            pos += len(data)
+
+    try:
+        if threads_are_green():
+            yield from pieces()
+        else:
+            yield from _read_ahead(pieces(), queue_depth)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _read_ahead(iterator, depth):
+    box = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        box.put((item, None), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put((_STOP, None))
+        except BaseException as e:
+            box.put((None, e))
+
+    thread = threading.Thread(target=produce, name='gcs-read-ahead',
+                              daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = box.get()
+            if error is not None:
+                raise error
+            if item is _STOP:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                box.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
+
+
+def hexdigests(data, hashing_algo='sha512'):
+    """md5 and multihash of bytes, for tests and checks."""
+    return (hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            hashlib.new(hashing_algo, data).hexdigest())

@@ -1,0 +1,1 @@
+"""Cinder test volume driver for the all-in-one cloud (tools/aio)."""
