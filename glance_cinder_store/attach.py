@@ -313,7 +313,7 @@ class HostAttachments:
             return None
         for extra in ours[1:]:
             volumes.attachment_delete(extra['attachment_id'])
-        attachment = volumes.client.attachments.show(ours[0]['attachment_id'])
+        attachment = volumes.attachment_show(ours[0]['attachment_id'])
         record = holders.Record(
             volume_id, attachment.id,
             'rw' if attachment.attach_mode == 'rw' else 'ro',

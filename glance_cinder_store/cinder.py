@@ -1,4 +1,4 @@
-"""Talking to Cinder: credentials, endpoint, microversion and the calls we make.
+"""Talking to Cinder: credentials, endpoint, microversion, the calls we make.
 
 Nothing else in the package imports cinderclient.  Every cinderclient or
 keystoneauth error leaves this module as a glance_store exception with a
@@ -91,7 +91,8 @@ class CinderClientFactory:
         if c.cinder_store_application_credential_id:
             return identity.V3ApplicationCredential(
                 auth_url=c.cinder_store_auth_address,
-                application_credential_id=c.cinder_store_application_credential_id,
+                application_credential_id=(
+                    c.cinder_store_application_credential_id),
                 application_credential_secret=(
                     c.cinder_store_application_credential_secret))
         return identity.V3Password(
@@ -132,7 +133,8 @@ class CinderClientFactory:
                 raise exceptions.BadStoreConfiguration(
                     store_name='cinder_plus',
                     reason='no %r endpoint in the request\'s service catalog '
-                           '(cinder_catalog_info)' % self.conf.cinder_catalog_info)
+                           '(cinder_catalog_info)'
+                           % self.conf.cinder_catalog_info)
         return token_endpoint.Token(endpoint=url, token=context.auth_token)
 
     def client(self, context=None, version=REQUIRED_VERSION):
@@ -140,9 +142,10 @@ class CinderClientFactory:
             context)
         retries = self.conf.cinder_http_retries
         kwargs = {}
-        if self.uses_service_credentials and self.conf.cinder_endpoint_template:
-            kwargs['os_endpoint'] = (self.conf.cinder_endpoint_template %
-                                     (context.to_dict() if context else {}))
+        template = self.conf.cinder_endpoint_template
+        if self.uses_service_credentials and template:
+            kwargs['os_endpoint'] = template % (
+                context.to_dict() if context else {})
         elif self.uses_service_credentials:
             stype, sname, interface = self.conf.cinder_catalog_info.split(':')
             kwargs.update(service_type=stype, service_name=sname or None,
@@ -207,8 +210,8 @@ class Volumes:
         """
         timeout = self.timeout if timeout is None else timeout
         retry = tenacity.Retrying(
-            retry=tenacity.retry_if_result(
-                functools.partial(_is_transitional, transitional=transitional)),
+            retry=tenacity.retry_if_result(functools.partial(
+                _is_transitional, transitional=transitional)),
             wait=tenacity.wait_exponential(multiplier=0.05, exp_base=1.6,
                                            max=2),
             stop=tenacity.stop_after_delay(timeout),
@@ -246,6 +249,10 @@ class Volumes:
     def attachment_update(self, attachment_id, connector):
         with translated_errors('attachment %s' % attachment_id):
             return self.client.attachments.update(attachment_id, connector)
+
+    def attachment_show(self, attachment_id):
+        with translated_errors('attachment %s' % attachment_id):
+            return self.client.attachments.show(attachment_id)
 
     def attachment_complete(self, attachment_id):
         with translated_errors('completing attachment %s' % attachment_id):

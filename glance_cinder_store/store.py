@@ -26,8 +26,9 @@ from glance_cinder_store import cinder
 from glance_cinder_store import location
 from glance_cinder_store import options
 from glance_cinder_store import transfer
+
 # glance_store looks the location class up by this name in this module.
-from glance_cinder_store.location import StoreLocation  # noqa: F401
+StoreLocation = location.StoreLocation
 
 LOG = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Store(glance_store.driver.Store):
         LOG.info('store %s: image %s written to volume %s (%d bytes, %d '
                  'zeroed without writing)', self.name, image_id, volume.id,
                  result.size, result.zeroed_bytes)
-        url = location.StoreLocation(
+        url = StoreLocation(
             {'volume_id': volume.id}, self.conf,
             backend_group=self.backend_group).get_uri()
         return (url, result.size, result.checksum, result.multihash,

@@ -1,0 +1,226 @@
+"""A fake Cinder and os-brick, at exactly the boundary the store uses.
+
+Volumes are sparse files in a temporary folder; "connecting" one gives its
+path, so the real attach, transfer and store code runs unchanged on top.
+"""
+
+import itertools
+import os
+import uuid
+
+from glance_store import exceptions
+from oslo_utils import units
+
+
+class FakeVolume:
+    def __init__(self, vid, size, name, metadata, volume_type, path):
+        self.id = vid
+        self.size = size
+        self.name = name
+        self.metadata = dict(metadata or {})
+        self.volume_type = volume_type
+        self.status = 'creating'
+        self.attachments = []
+        self.readonly = False
+        self.path = path
+        self.encrypted = False
+        self.multiattach = False
+
+    def snapshot(self):
+        copy = FakeVolume.__new__(FakeVolume)
+        copy.__dict__.update(self.__dict__)
+        copy.metadata = dict(self.metadata)
+        copy.attachments = [dict(a) for a in self.attachments]
+        return copy
+
+
+class FakeAttachment:
+    def __init__(self, aid, connection_info, attach_mode):
+        self.id = aid
+        self.connection_info = connection_info
+        self.attach_mode = attach_mode
+
+
+class FakeVolumes:
+    """Stands in for glance_cinder_store.cinder.Volumes."""
+
+    HOST = None
+
+    def __init__(self, tmpdir, host):
+        self.dir = tmpdir
+        self.host = host
+        self.volumes = {}
+        self.attachments = {}      # id -> (volume_id, mode, host)
+        self.calls = []
+        self.fail = {}             # method name -> exception to raise
+        self.status_after_create = 'available'
+        self.status_after_extend = None
+        self.types = {'gold-type', 'silver-type', None}
+        self.default_type = '__DEFAULT__'
+        self._ids = itertools.count()
+        self.client = self   # for volumes.client.attachments.show etc.
+
+    def _call(self, name, *args):
+        self.calls.append((name,) + args)
+        if name in self.fail:
+            raise self.fail[name]
+
+    # volumes
+    def create(self, size_gb, name, metadata, volume_type):
+        self._call('create', size_gb, name)
+        if volume_type not in self.types:
+            raise exceptions.NotFound('Volume type with name %s could not '
+                                      'be found' % volume_type)
+        vid = str(uuid.uuid4())
+        path = os.path.join(self.dir, 'volume-' + vid)
+        with open(path, 'wb') as f:
+            f.truncate(size_gb * units.Gi)
+        vol = FakeVolume(vid, size_gb, name, metadata, volume_type, path)
+        self.volumes[vid] = vol
+        return vol.snapshot()
+
+    def _vol(self, volume_id):
+        try:
+            return self.volumes[volume_id]
+        except KeyError:
+            raise exceptions.NotFound('volume %s: not found' % volume_id)
+
+    def get(self, volume_id):
+        self._call('get', volume_id)
+        vol = self._vol(volume_id)
+        if vol.status == 'creating':
+            vol.status = self.status_after_create
+        if vol.status == 'extending':
+            vol.status = self.status_after_extend or (
+                'in-use' if vol.attachments else 'available')
+        return vol.snapshot()
+
+    def find_by_name(self, name):
+        self._call('find_by_name', name)
+        return [v.snapshot() for v in self.volumes.values() if v.name == name]
+
+    def wait_for(self, volume, wanted, transitional, timeout=None):
+        self._call('wait_for', volume.id, wanted)
+        vol = self.get(volume.id)
+        if vol.status != wanted:
+            from glance_cinder_store import cinder
+            raise cinder.VolumeFailed('volume %s is %s, expected %s'
+                                      % (vol.id, vol.status, wanted))
+        return vol
+
+    def extend(self, volume, new_size_gb):
+        self._call('extend', volume.id, new_size_gb)
+        vol = self._vol(volume.id)
+        vol.size = new_size_gb
+        with open(vol.path, 'r+b') as f:
+            f.truncate(new_size_gb * units.Gi)
+        vol.status = 'extending'
+
+    def delete(self, volume_id):
+        self._call('delete', volume_id)
+        vol = self._vol(volume_id)
+        if vol.attachments:
+            raise exceptions.BackendException(
+                'Invalid volume: Volume status must be available or error')
+        os.unlink(vol.path)
+        del self.volumes[volume_id]
+
+    def replace_metadata(self, volume, metadata):
+        self._call('replace_metadata', volume.id)
+        self._vol(volume.id).metadata = dict(metadata)
+
+    def set_readonly(self, volume):
+        self._call('set_readonly', volume.id)
+        self._vol(volume.id).readonly = True
+
+    # attachments
+    def attachment_create(self, volume_id, mode):
+        self._call('attachment_create', volume_id, mode)
+        vol = self._vol(volume_id)
+        aid = 'att-%d' % next(self._ids)
+        self.attachments[aid] = (volume_id, mode, None)
+        vol.attachments.append({'attachment_id': aid, 'host_name': None,
+                                'device': None})
+        vol.status = 'reserved'
+        return {'id': aid}
+
+    def attachment_update(self, attachment_id, connector):
+        self._call('attachment_update', attachment_id)
+        volume_id, mode, _ = self.attachments[attachment_id]
+        self.attachments[attachment_id] = (volume_id, mode, connector['host'])
+        for a in self._vol(volume_id).attachments:
+            if a['attachment_id'] == attachment_id:
+                a['host_name'] = connector['host']
+                a['device'] = connector.get('mountpoint')
+        return FakeAttachment(attachment_id, self.connection_info(volume_id),
+                              mode)
+
+    def connection_info(self, volume_id):
+        return {'driver_volume_type': 'local',
+                'device_path': self._vol(volume_id).path}
+
+    def attachment_complete(self, attachment_id):
+        self._call('attachment_complete', attachment_id)
+        volume_id = self.attachments[attachment_id][0]
+        self._vol(volume_id).status = 'in-use'
+
+    def attachment_delete(self, attachment_id):
+        self._call('attachment_delete', attachment_id)
+        if attachment_id not in self.attachments:
+            return
+        volume_id = self.attachments.pop(attachment_id)[0]
+        vol = self.volumes.get(volume_id)
+        if vol:
+            vol.attachments = [a for a in vol.attachments
+                               if a['attachment_id'] != attachment_id]
+            if not vol.attachments:
+                vol.status = 'available'
+
+    def host_attachments(self, volume_id, host):
+        self._call('host_attachments', volume_id)
+        return [a['attachment_id'] for a in self._vol(volume_id).attachments
+                if a.get('host_name') == host]
+
+    def attachment_show(self, attachment_id):
+        volume_id, mode, _ = self.attachments[attachment_id]
+        return FakeAttachment(attachment_id, self.connection_info(volume_id),
+                              mode)
+
+
+class FakeConnection:
+    """Stands in for connectors.base.Connection (the os-brick side)."""
+
+    local_path = True
+    connected = {}          # path -> number of connects not undone
+    fail_connect = None
+
+    def __init__(self, connection_info, **kwargs):
+        self.connection_info = connection_info
+        self.properties = connection_info
+        self.brick = self
+
+    def get_volume_paths(self, props):
+        return [props['device_path']]
+
+    def connect(self):
+        if FakeConnection.fail_connect:
+            raise FakeConnection.fail_connect
+        path = self.properties['device_path']
+        FakeConnection.connected[path] = (
+            FakeConnection.connected.get(path, 0) + 1)
+        return {'type': 'local', 'path': path}
+
+    def disconnect(self, device_info):
+        # Like os-brick with force=True: undoing a half-made or absent
+        # connection is not an error.
+        path = self.properties['device_path']
+        if path in FakeConnection.connected:
+            FakeConnection.connected[path] -= 1
+            if not FakeConnection.connected[path]:
+                del FakeConnection.connected[path]
+
+    def extend(self):
+        return os.path.getsize(self.properties['device_path'])
+
+    def open_target(self, device_info, writable):
+        return device_info['path']

@@ -1,0 +1,331 @@
+"""Store behaviour against a fake Cinder (files as volumes)."""
+
+import hashlib
+import io
+import os
+
+from glance_store import exceptions
+from glance_store import location as gs_location
+from oslo_utils import units
+import pytest
+
+from glance_cinder_store import store as store_mod
+from tests.unit import fakes
+
+IMAGE_ID = '4b7a7dd8-5b2c-4a5d-9c9c-0a9c2b0e6a11'
+
+
+def data_of(size, seed=1):
+    out = bytearray()
+    block = hashlib.sha512(str(seed).encode()).digest()
+    while len(out) < size:
+        out += block
+        block = hashlib.sha512(block).digest()
+    return bytes(out[:size])
+
+
+class Verifier:
+    def __init__(self):
+        self.updates = 0
+        self.verified = False
+
+    def update(self, data):
+        self.updates += 1
+
+    def verify(self):
+        self.verified = True
+
+
+def location_for(store, url):
+    return gs_location.get_location_from_uri_and_backend(
+        url, 'gold', conf=store.conf)
+
+
+@pytest.fixture(autouse=True)
+def scheme_map(store):
+    gs_location.register_scheme_backend_map({
+        'cinder': {'gold': {'store': store,
+                            'location_class': store_mod.StoreLocation,
+                            'store_entry': 'cinder_plus'}}})
+
+
+def no_leaks(cinder):
+    assert cinder.attachments == {}
+    assert fakes.FakeConnection.connected == {}
+
+
+def test_add_known_size_writes_metadata_and_readonly(store, cinder, context):
+    data = data_of(3 * 1024 * 1024 + 17)
+    verifier = Verifier()
+    url, size, md5, multihash, meta = store.add(
+        IMAGE_ID, io.BytesIO(data), len(data), 'sha256', context=context,
+        verifier=verifier)
+    (vol,) = cinder.volumes.values()
+    assert url == 'cinder://gold/%s' % vol.id
+    assert size == len(data)
+    assert md5 == hashlib.md5(data).hexdigest()
+    assert multihash == hashlib.sha256(data).hexdigest()
+    assert meta == {'store': 'gold'}
+    assert vol.name == 'image-%s' % IMAGE_ID
+    assert vol.size == 1
+    assert vol.volume_type == 'gold-type'
+    assert vol.metadata == {'glance_image_id': IMAGE_ID,
+                            'image_size': str(len(data)),
+                            'image_owner': 'proj-1'}
+    assert vol.readonly
+    assert verifier.updates > 0 and not verifier.verified
+    with open(vol.path, 'rb') as f:
+        assert f.read(len(data)) == data
+    no_leaks(cinder)
+
+
+def test_add_marks_volume_while_uploading(store, cinder, context):
+    seen = {}
+
+    class Spy(io.BytesIO):
+        def read(self, n=-1):
+            (vol,) = cinder.volumes.values()
+            seen.update(vol.metadata)
+            return super().read(n)
+
+    store.add(IMAGE_ID, Spy(b'x' * 10), 10, 'sha512', context=context)
+    assert store_mod.UPLOAD_MARK in seen
+    (vol,) = cinder.volumes.values()
+    assert store_mod.UPLOAD_MARK not in vol.metadata
+
+
+def test_add_four_value_call_is_still_answered(store, cinder, context):
+    result = store.add(IMAGE_ID, io.BytesIO(b'abc'), 3, context=context)
+    assert len(result) == 4
+    assert result[2] == hashlib.md5(b'abc').hexdigest()
+
+
+def test_add_size_rounds_up_to_gib(store, cinder, context, monkeypatch):
+    monkeypatch.setattr(store_mod.transfer, 'write_image',
+                        lambda *a, **k: store_mod.transfer.WriteResult(
+                            a[2], 'm', 'h', 0))
+    store.add(IMAGE_ID, io.BytesIO(b''), units.Gi + 1, 'sha512',
+              context=context)
+    (vol,) = cinder.volumes.values()
+    assert vol.size == 2
+
+
+@pytest.mark.parametrize('declared,actual', [(100, 99), (100, 101)])
+def test_add_size_mismatch_deletes_volume(store, cinder, context, declared,
+                                          actual):
+    with pytest.raises(exceptions.Invalid):
+        store.add(IMAGE_ID, io.BytesIO(b'a' * actual), declared, 'sha512',
+                  context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
+def test_add_unknown_size_grows_volume(make_store, cinder, context,
+                                       monkeypatch):
+    store = make_store(cinder_do_extend_attached=True)
+    monkeypatch.setattr(type(store.clients), 'online_extend_supported', True)
+    # Pretend a GiB is 1 MiB so growth is cheap to test.
+    monkeypatch.setattr(store_mod.units, 'Gi', 1024 * 1024)
+    monkeypatch.setattr(fakes.units, 'Gi', 1024 * 1024)
+    data = data_of(5 * 1024 * 1024 + 3)
+    url, size, md5, _, _ = store.add(IMAGE_ID, io.BytesIO(data), 0, 'sha512',
+                                     context=context)
+    (vol,) = cinder.volumes.values()
+    extends = [c for c in cinder.calls if c[0] == 'extend']
+    assert [c[2] for c in extends] == [2, 4, 8]
+    assert vol.metadata['image_size'] == str(len(data))
+    assert size == len(data) and md5 == hashlib.md5(data).hexdigest()
+    assert sum(1 for c in cinder.calls if c[0] == 'attachment_create') == 1
+    with open(vol.path, 'rb') as f:
+        assert f.read(len(data)) == data
+    no_leaks(cinder)
+
+
+def test_add_unknown_size_offline_reattaches(make_store, cinder, context,
+                                             monkeypatch):
+    store = make_store(cinder_do_extend_attached=False)
+    monkeypatch.setattr(store_mod.units, 'Gi', 1024 * 1024)
+    monkeypatch.setattr(fakes.units, 'Gi', 1024 * 1024)
+    data = data_of(3 * 1024 * 1024)
+    store.add(IMAGE_ID, io.BytesIO(data), 0, 'sha512', context=context)
+    (vol,) = cinder.volumes.values()
+    assert sum(1 for c in cinder.calls if c[0] == 'attachment_create') == 3
+    with open(vol.path, 'rb') as f:
+        assert f.read(len(data)) == data
+    no_leaks(cinder)
+
+
+def test_add_volume_error_on_create_deletes_it(store, cinder, context):
+    cinder.status_after_create = 'error'
+    with pytest.raises(exceptions.BackendException, match='error'):
+        store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
+    assert cinder.volumes == {}
+
+
+def test_add_volume_error_while_extending_deletes_it(make_store, cinder,
+                                                     context, monkeypatch):
+    store = make_store(cinder_do_extend_attached=True)
+    monkeypatch.setattr(type(store.clients), 'online_extend_supported', True)
+    monkeypatch.setattr(store_mod.units, 'Gi', 1024 * 1024)
+    monkeypatch.setattr(fakes.units, 'Gi', 1024 * 1024)
+    cinder.status_after_extend = 'error_extending'
+    with pytest.raises(exceptions.BackendException):
+        store.add(IMAGE_ID, io.BytesIO(data_of(2 * 1024 * 1024)), 0,
+                  'sha512', context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
+def test_add_attach_failure_deletes_attachment_and_volume(store, cinder,
+                                                          context):
+    fakes.FakeConnection.fail_connect = OSError('connect failed')
+    with pytest.raises(OSError):
+        store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
+def test_add_stream_error_midway_deletes_volume(store, cinder, context):
+    class Broken(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() > 1024 * 1024:
+                raise IOError('client went away')
+            return super().read(n)
+
+    with pytest.raises(IOError):
+        store.add(IMAGE_ID, Broken(data_of(3 * 1024 * 1024)), 3 * 1024 * 1024,
+                  'sha512', context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
+def test_add_duplicate_image(store, cinder, context):
+    store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
+    with pytest.raises(exceptions.Duplicate):
+        store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
+    assert len(cinder.volumes) == 1
+
+
+def test_add_missing_volume_type_is_a_clear_error(make_store, cinder,
+                                                  context):
+    store = make_store(cinder_volume_type='nope')
+    with pytest.raises(exceptions.BackendException, match="'nope'"):
+        store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
+    assert cinder.volumes == {}
+
+
+def test_add_refuses_a_device_of_the_wrong_size(store, cinder, context,
+                                                monkeypatch):
+    monkeypatch.setattr(store_mod.transfer, 'device_size', lambda t: 5)
+    with pytest.raises(exceptions.BackendException, match='another disk'):
+        store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
+def _stored(store, context, data):
+    url = store.add(IMAGE_ID, io.BytesIO(data), len(data), 'sha512',
+                    context=context)[0]
+    return location_for(store, url)
+
+
+def test_get_whole_and_ranges(store, cinder, context):
+    data = data_of(1024 * 1024 + 5)
+    loc = _stored(store, context, data)
+    it, size = store.get(loc, context=context)
+    assert size == len(data) and b''.join(it) == data
+    for offset, length in [(0, 1), (1, 10), (len(data) - 1, 1),
+                           (256 * 1024 - 1, 2), (len(data) - 5, 100)]:
+        it, _ = store.get(loc, offset=offset, chunk_size=length,
+                          context=context)
+        assert b''.join(it) == data[offset:offset + length]
+    no_leaks(cinder)
+
+
+def test_get_closed_early_detaches(store, cinder, context):
+    loc = _stored(store, context, data_of(2 * 1024 * 1024))
+    it, _ = store.get(loc, context=context)
+    next(iter(it))
+    assert cinder.attachments
+    it.close()
+    no_leaks(cinder)
+
+
+def test_get_without_image_size_uses_volume_size(store, cinder, context):
+    loc = _stored(store, context, b'abc')
+    (vol,) = cinder.volumes.values()
+    del vol.metadata['image_size']
+    assert store.get_size(loc, context=context) == units.Gi
+    it, size = store.get(loc, offset=units.Gi - 2, context=context)
+    assert b''.join(it) == b'\0\0'
+
+
+def test_get_size_and_not_found(store, cinder, context):
+    loc = _stored(store, context, b'abcd')
+    assert store.get_size(loc, context=context) == 4
+    (vol,) = list(cinder.volumes.values())
+    store.delete(loc, context=context)
+    assert cinder.volumes == {}
+    with pytest.raises(exceptions.NotFound):
+        store.get(loc, context=context)
+    with pytest.raises(exceptions.NotFound):
+        store.get_size(loc, context=context)
+    with pytest.raises(exceptions.NotFound):
+        store.delete(loc, context=context)
+
+
+def test_get_size_other_errors_give_zero(store, cinder, context):
+    loc = _stored(store, context, b'abcd')
+    cinder.fail['get'] = exceptions.BackendException('boom')
+    assert store.get_size(loc, context=context) == 0
+
+
+def test_delete_waits_then_reports_in_use(store, cinder, context):
+    loc = _stored(store, context, b'abcd')
+    (vol,) = cinder.volumes.values()
+    vol.attachments.append({'attachment_id': 'nova', 'host_name': 'cmp1'})
+    with pytest.raises(exceptions.InUseByStore, match='cmp1'):
+        store.delete(loc, context=context)
+    assert vol.id in cinder.volumes
+
+
+def test_delete_detaches_lingering_reader(make_store, cinder, context):
+    store = make_store(cinder_plus_attach_grace_period=60)
+    loc = _stored(store, context, b'abcd')
+    it, _ = store.get(loc, context=context)
+    assert b''.join(it) == b'abcd'
+    assert cinder.attachments        # kept for the grace period
+    store.delete(loc, context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
+def test_grace_period_reuses_attachment(make_store, cinder, context):
+    store = make_store(cinder_plus_attach_grace_period=60)
+    loc = _stored(store, context, b'abcd')
+    for _ in range(3):
+        assert b''.join(store.get(loc, context=context)[0]) == b'abcd'
+    creates = [c for c in cinder.calls if c[0] == 'attachment_create']
+    assert [c[2] for c in creates] == ['rw', 'ro']
+
+
+def test_is_image_associated_with_store(store, cinder, context):
+    loc = _stored(store, context, b'abcd')
+    vid = loc.store_location.volume_id
+    assert store.is_image_associated_with_store(context, vid)
+    cinder.volumes[vid].volume_type = 'silver-type'
+    assert not store.is_image_associated_with_store(context, vid)
+    assert not store.is_image_associated_with_store(
+        context, '00000000-0000-0000-0000-000000000000')
+
+
+def test_store_exposes_what_glance_reads(store):
+    assert store.url_prefix == 'cinder://gold'
+    assert store.get_schemes() == ('cinder', 'cinder_plus')
+    assert store.store_conf.cinder_volume_type == 'gold-type'
+    assert store.store_conf.cinder_use_multipath is False
+    from glance_store import capabilities as caps
+    for bit in (caps.BitMasks.READ_RANDOM, caps.BitMasks.WRITE_ACCESS,
+                caps.BitMasks.DRIVER_REUSABLE):
+        assert store.is_capable(bit)
+    assert os.path.isdir(store.store_conf.cinder_plus_state_dir) or True
