@@ -52,14 +52,19 @@ def processes_using(path):
     for pid in filter(str.isdigit, os.listdir('/proc')):
         fd_dir = '/proc/%s/fd' % pid
         try:
-            links = [os.readlink(os.path.join(fd_dir, fd))
-                     for fd in os.listdir(fd_dir)]
-        except OSError:
+            fds = os.listdir(fd_dir)
+        except OSError:         # gone, or not ours to look at
             continue
-        if real in links:
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) != real:
+                    continue
+            except OSError:     # closed meanwhile
+                continue
             start = holders.process_start_time(int(pid))
             if start is not None:
                 found.append(holders.Holder(int(pid), start, 'recovered'))
+            break
     return found
 
 

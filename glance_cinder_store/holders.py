@@ -86,7 +86,7 @@ class Record:
             data = json.loads(text)
             data['holders'] = [Holder(**h) for h in data['holders']]
             record = cls(**data)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise CorruptRecord(str(e))
         if record.mode not in ('ro', 'rw') or not record.attachment_id:
             raise CorruptRecord('bad mode or attachment id')
@@ -106,7 +106,7 @@ class RecordStore:
     def load(self, volume_id):
         """The record, None when there is none, CorruptRecord if unreadable."""
         try:
-            with open(self.path(volume_id)) as f:
+            with open(self.path(volume_id), 'rb') as f:
                 text = f.read()
         except FileNotFoundError:
             return None

@@ -7,6 +7,7 @@ tools/aio exports (AIO_IP, AIO_PASSWORD, ...).
   cloud.py keystone-setup      projects, users, roles, services, endpoints;
                                prints the ids tools/aio needs as KEY=VALUE
   cloud.py cinder-setup        volume types and lifted quotas
+  cloud.py cinder-store-types  volume types naming a glance store (glance up)
   cloud.py wait-queue NAME S   wait until RabbitMQ queue NAME has a consumer
   cloud.py wait-http URL S     wait until URL answers (any HTTP status)
   cloud.py status              one line per API service; exit 1 if one fails
@@ -43,6 +44,9 @@ VOLUME_TYPES = {
     'glance-gold': dict(IMAGE_TYPE_SPECS),
     'glance-silver': dict(IMAGE_TYPE_SPECS),
     'glance-builtin': dict(IMAGE_TYPE_SPECS),
+}
+# created once glance answers: cinder validates the store id against glance
+STORE_VOLUME_TYPES = {
     'glance-to-silver': {'volume_backend_name': BACKEND,
                          'image_service:store_id': 'silver'},
 }
@@ -95,17 +99,22 @@ def keystone_setup():
     print('INTERNAL_USER_ID=%s' % users['cinder-internal'].id)
 
 
-def cinder_setup():
+def _volume_types(sess, types):
     from cinderclient.v3 import client as cinder_client
-    from keystoneclient.v3 import client
-    sess = session()
     cinder = cinder_client.Client(session=sess, api_version='3.70',
                                   region_name=REGION)
     existing = {t.name: t for t in cinder.volume_types.list(is_public=None)}
-    for name, specs in VOLUME_TYPES.items():
+    for name, specs in types.items():
         vtype = existing.get(name) or cinder.volume_types.create(name)
         if vtype.get_keys() != specs:
             vtype.set_keys(specs)
+    return cinder
+
+
+def cinder_setup():
+    from keystoneclient.v3 import client
+    sess = session()
+    cinder = _volume_types(sess, VOLUME_TYPES)
     ks = client.Client(session=sess, region_name=REGION)
     for project in ks.projects.list():
         cinder.quotas.update(project.id, volumes=-1, gigabytes=-1,
@@ -197,6 +206,8 @@ def main(argv):
         keystone_setup()
     elif cmd == 'cinder-setup':
         cinder_setup()
+    elif cmd == 'cinder-store-types':
+        _volume_types(session(), STORE_VOLUME_TYPES)
     elif cmd == 'wait-queue':
         wait_queue(argv[2], argv[3])
     elif cmd == 'wait-http':

@@ -1,0 +1,213 @@
+"""Host attachments: sharing, exclusivity, crash recovery, foreign users."""
+
+import socket
+import subprocess
+import threading
+import time
+
+from glance_store import exceptions
+import pytest
+
+from glance_cinder_store import attach
+from glance_cinder_store import holders
+from tests.unit import fakes
+
+HOST = socket.gethostname()
+
+
+@pytest.fixture
+def make_host(make_store):
+    def make(**overrides):
+        # The store's own view of its options (backend group + defaults).
+        conf = make_store(**overrides).store_conf
+        return attach.HostAttachments(conf, wait_timeout=0.5)
+    return make
+
+
+@pytest.fixture
+def host(make_host):
+    return make_host()
+
+
+@pytest.fixture
+def volume(cinder):
+    vol = cinder.create(1, 'image-x', {}, 'gold-type')
+    return cinder.get(vol.id)
+
+
+def creates(cinder):
+    return [c for c in cinder.calls if c[0] == 'attachment_create']
+
+
+def dead_holder():
+    proc = subprocess.Popen(['sleep', '60'])
+    holder = holders.Holder(proc.pid, holders.process_start_time(proc.pid),
+                            'dead')
+    proc.kill()
+    proc.wait()
+    return holder
+
+
+def test_readers_share_one_attachment(host, cinder, volume):
+    with host.attach(cinder, volume, 'ro') as a:
+        with host.attach(cinder, volume, 'ro') as b:
+            assert a.target == b.target
+            assert len(cinder.attachments) == 1
+            record = host.records.load(volume.id)
+            assert len(record.holders) == 2
+        assert len(cinder.attachments) == 1
+    assert cinder.attachments == {}
+    assert fakes.FakeConnection.connected == {}
+    assert len(creates(cinder)) == 1
+
+
+def test_readers_in_threads_share(host, cinder, volume):
+    inside = threading.Barrier(4)
+    counts = []
+
+    def read():
+        with host.attach(cinder, volume, 'ro'):
+            inside.wait(timeout=5)
+            counts.append(len(cinder.attachments))
+            inside.wait(timeout=5)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert counts == [1, 1, 1, 1]
+    assert cinder.attachments == {}
+
+
+def test_writer_is_exclusive(host, cinder, volume):
+    with host.attach(cinder, volume, 'ro'):
+        with pytest.raises(exceptions.BackendException, match='read-only'):
+            with host.attach(cinder, volume, 'rw'):
+                pass
+    with host.attach(cinder, volume, 'rw'):
+        with pytest.raises(exceptions.BackendException, match='read-write'):
+            with host.attach(cinder, volume, 'ro'):
+                pass
+    assert cinder.attachments == {}
+
+
+def _plant(host, cinder, volume, holder, state=holders.ATTACHED):
+    """Leave behind what a process killed while holding would leave."""
+    att = cinder.attachment_create(volume.id, 'ro')
+    upd = cinder.attachment_update(att['id'], {'host': HOST,
+                                               'mountpoint': attach.MOUNTPOINT})
+    conn = fakes.FakeConnection(upd.connection_info)
+    device = conn.connect() if state == holders.ATTACHED else None
+    host.records.save(holders.Record(
+        volume.id, att['id'], 'ro', state=state,
+        connection_info=upd.connection_info, device_info=device,
+        holders=[holder]))
+    return att['id']
+
+
+@pytest.mark.parametrize('state', [holders.ATTACHING, holders.ATTACHED])
+def test_killed_holder_is_recovered_by_next_user(host, cinder, volume, state):
+    stale = _plant(host, cinder, volume, dead_holder(), state)
+    started = time.monotonic()
+    with host.attach(cinder, volume, 'ro'):
+        assert stale not in cinder.attachments
+        assert len(cinder.attachments) == 1
+    assert time.monotonic() - started < 1
+    assert cinder.attachments == {}
+    assert fakes.FakeConnection.connected == {}
+    assert host.records.volume_ids() == []
+
+
+def test_recover_undoes_dead_holders_only(host, cinder, volume):
+    _plant(host, cinder, volume, dead_holder())
+    other = cinder.get(cinder.create(1, 'image-y', {}, 'gold-type').id)
+    live = _plant(host, cinder, other, holders.Holder.me())
+    assert host.recover(cinder) == [volume.id]
+    assert list(cinder.attachments) == [live]
+
+
+@pytest.mark.parametrize('garbage', [b'', b'{"volume_id": ', b'\x00\xff',
+                                     b'{"holders": []}'])
+def test_corrupt_record_is_rebuilt_from_cinder(host, cinder, volume,
+                                               garbage):
+    stale = _plant(host, cinder, volume, dead_holder())
+    with open(host.records.path(volume.id), 'wb') as f:
+        f.write(garbage)
+    with host.attach(cinder, volume, 'ro'):
+        # nobody had the device open: the old attachment was undone
+        assert stale not in cinder.attachments
+    assert cinder.attachments == {}
+
+
+def test_corrupt_record_keeps_a_device_still_open(host, cinder, volume):
+    stale = _plant(host, cinder, volume, dead_holder())
+    with open(host.records.path(volume.id), 'w') as f:
+        f.write('not json')
+    with open(volume.path, 'rb'):      # a live reader holds the device
+        with host.attach(cinder, volume, 'ro'):
+            assert list(cinder.attachments) == [stale]
+        record = host.records.load(volume.id)
+        assert record.holders and record.holders[0].token == 'recovered'
+    assert len(creates(cinder)) == 1
+
+
+def test_foreign_attachment_on_this_host_keeps_the_device(host, cinder,
+                                                          volume):
+    with host.attach(cinder, volume, 'ro'):
+        # nova attaches the same volume on this host meanwhile
+        cinder.volumes[volume.id].attachments.append(
+            {'attachment_id': 'nova-1', 'host_name': HOST, 'device': 'vdb'})
+    assert cinder.attachments == {}                   # ours is gone
+    assert fakes.FakeConnection.connected == {volume.path: 1}  # device kept
+
+
+def test_grace_period_then_reaped(make_host, cinder, volume):
+    host = make_host(cinder_plus_attach_grace_period=0.3)
+    with host.attach(cinder, volume, 'ro'):
+        pass
+    assert len(cinder.attachments) == 1
+    with host.attach(cinder, volume, 'ro'):
+        pass
+    assert len(creates(cinder)) == 1
+    time.sleep(0.8)
+    assert cinder.attachments == {}
+    assert fakes.FakeConnection.connected == {}
+
+
+def test_lingering_reader_never_blocks_a_writer(make_host, cinder, volume):
+    host = make_host(cinder_plus_attach_grace_period=60)
+    with host.attach(cinder, volume, 'ro'):
+        pass
+    with host.attach(cinder, volume, 'rw'):
+        assert [c[2] for c in creates(cinder)] == ['ro', 'rw']
+    assert cinder.attachments == {}
+
+
+def test_attach_failure_undoes_everything(host, cinder, volume):
+    cinder.fail['attachment_complete'] = exceptions.BackendException('x')
+    with pytest.raises(exceptions.BackendException):
+        with host.attach(cinder, volume, 'ro'):
+            pass
+    assert cinder.attachments == {}
+    assert fakes.FakeConnection.connected == {}
+    assert host.records.volume_ids() == []
+
+
+def test_record_round_trip_and_validation(tmp_path):
+    store = holders.RecordStore(str(tmp_path))
+    rec = holders.Record('v1', 'a1', 'ro', holders=[holders.Holder.me()])
+    store.save(rec)
+    assert store.load('v1') == rec
+    assert store.load('v2') is None
+    with open(store.path('v3'), 'w') as f:
+        f.write('{"volume_id": "v3", "attachment_id": "a", "mode": "xx", '
+                '"holders": []}')
+    with pytest.raises(holders.CorruptRecord):
+        store.load('v3')
+
+
+def test_holder_identity_survives_pid_reuse():
+    me = holders.Holder.me()
+    assert me.alive()
+    impostor = holders.Holder(me.pid, me.start - 1, 'x')
+    assert not impostor.alive()
+    assert not dead_holder().alive()

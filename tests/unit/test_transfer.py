@@ -1,0 +1,252 @@
+"""The byte engine: exact round trips, zero ranges, sizes, errors, threads."""
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+from glance_store import exceptions
+import pytest
+
+from glance_cinder_store import transfer
+
+MiB = 1024 * 1024
+CHUNK = 256 * 1024
+
+
+def random_bytes(n, seed=0):
+    out, block = bytearray(), hashlib.sha512(b'%d' % seed).digest()
+    while len(out) < n:
+        out += block
+        block = hashlib.sha512(block).digest()
+    return bytes(out[:n])
+
+
+def mixed_bytes(n):
+    """Alternating 1 MiB runs of data and zeros, plus an odd tail."""
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += random_bytes(MiB, i) if i % 2 else bytes(MiB)
+        i += 1
+    return bytes(out[:n])
+
+
+class Trickle(io.RawIOBase):
+    """A source that returns short, odd-sized reads (like a socket)."""
+
+    def __init__(self, data, step=777):
+        self.data, self.pos, self.step = data, 0, step
+
+    def read(self, n=-1):
+        n = min(n, self.step)
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+@pytest.fixture
+def device(tmp_path):
+    """A pre-dirtied 8 MiB file: zero ranges must really be zeroed."""
+    path = tmp_path / 'device'
+    path.write_bytes(b'\xff' * (8 * MiB))
+    return str(path)
+
+
+CASES = {
+    'random': lambda: random_bytes(3 * MiB + 5),
+    'zeros': lambda: bytes(4 * MiB),
+    'mixed': lambda: mixed_bytes(6 * MiB + 123),
+    'odd-small': lambda: random_bytes(511),
+    'one-byte': lambda: b'\x00',
+    'empty-ish': lambda: random_bytes(4097),
+}
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+@pytest.mark.parametrize('green', [False, True])
+def test_round_trip(device, case, green, monkeypatch):
+    monkeypatch.setattr(transfer, 'threads_are_green', lambda: green)
+    data = CASES[case]()
+    result = transfer.write_image(Trickle(data), device, len(data),
+                                  capacity=8 * MiB, hashing_algo='sha256',
+                                  chunk_size=CHUNK)
+    assert result.size == len(data)
+    assert result.checksum == hashlib.md5(data).hexdigest()
+    assert result.multihash == hashlib.sha256(data).hexdigest()
+    back = b''.join(transfer.read_range(device, 0, len(data),
+                                        chunk_size=CHUNK))
+    assert back == data
+    with open(device, 'rb') as f:     # nothing written past the image
+        f.seek(len(data))
+        assert f.read(1) in (b'\xff', b'')
+
+
+def test_zero_runs_are_not_written(tmp_path):
+    path = str(tmp_path / 'thin')
+    with open(path, 'wb') as f:
+        f.truncate(16 * MiB)
+    data = mixed_bytes(16 * MiB)
+    result = transfer.write_image(io.BytesIO(data), path, len(data),
+                                  capacity=16 * MiB, chunk_size=4 * MiB)
+    assert result.zeroed_bytes == 8 * MiB
+    allocated = os.stat(path).st_blocks * 512
+    assert allocated <= 8 * MiB + 64 * 1024
+    assert b''.join(transfer.read_range(path, 0, len(data))) == data
+
+
+def test_skip_zeroes_off_writes_everything(device):
+    data = bytes(2 * MiB)
+    result = transfer.write_image(io.BytesIO(data), device, len(data),
+                                  capacity=8 * MiB, skip_zeroes=False)
+    assert result.zeroed_bytes == 0
+    assert b''.join(transfer.read_range(device, 0, len(data))) == data
+
+
+@pytest.mark.parametrize('declared,actual', [(MiB, MiB - 1), (MiB, MiB + 1)])
+def test_size_mismatch(device, declared, actual):
+    with pytest.raises(exceptions.Invalid):
+        transfer.write_image(io.BytesIO(b'a' * actual), device, declared,
+                             capacity=8 * MiB, chunk_size=CHUNK)
+    with open(device, 'rb') as f:     # never past the declared size
+        f.seek(declared)
+        assert f.read(1) == b'\xff'
+
+
+def test_source_error_midway_propagates(device):
+    class Broken(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() >= MiB:
+                raise ConnectionResetError('client went away')
+            return super().read(n)
+
+    with pytest.raises(ConnectionResetError):
+        transfer.write_image(Broken(random_bytes(3 * MiB)), device, 3 * MiB,
+                             capacity=8 * MiB, chunk_size=CHUNK)
+
+
+def test_writer_error_stops_pipeline(device, monkeypatch):
+    def fail(*a):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(transfer.os, 'pwrite', fail)
+    with pytest.raises(OSError):
+        transfer.write_image(io.BytesIO(random_bytes(4 * MiB)), device,
+                             4 * MiB, capacity=8 * MiB, chunk_size=CHUNK,
+                             queue_depth=1)
+
+
+def test_too_big_without_grow_is_storage_full(device):
+    with pytest.raises(exceptions.StorageFull):
+        transfer.write_image(io.BytesIO(random_bytes(2 * MiB)), device, 0,
+                             capacity=MiB, chunk_size=CHUNK)
+
+
+def test_unknown_size_grows_and_reopens(tmp_path):
+    paths = [str(tmp_path / ('dev%d' % i)) for i in range(3)]
+    with open(paths[0], 'wb') as f:
+        f.truncate(MiB)
+    grown = []
+
+    def grow(needed):
+        # Simulate a re-attach: the data moves to a new, larger device.
+        src, dst = paths[len(grown)], paths[len(grown) + 1]
+        size = max(needed, 2 * os.path.getsize(src))
+        with open(src, 'rb') as s, open(dst, 'wb') as d:
+            d.write(s.read())
+            d.truncate(size)
+        grown.append(size)
+        return size, dst
+
+    data = random_bytes(3 * MiB + 1)
+    result = transfer.write_image(io.BytesIO(data), paths[0], 0,
+                                  capacity=MiB, grow=grow, chunk_size=CHUNK)
+    assert result.size == len(data)
+    assert grown == [2 * MiB, 4 * MiB]
+    assert b''.join(transfer.read_range(paths[2], 0, len(data))) == data
+
+
+@pytest.mark.parametrize('offset,length', [
+    (0, 1), (1, 1), (CHUNK - 1, 2), (CHUNK, CHUNK), (CHUNK + 1, 3 * CHUNK),
+    (5 * MiB - 1, 1), (0, 5 * MiB), (4096, 0)])
+def test_ranged_reads(tmp_path, offset, length):
+    data = random_bytes(5 * MiB)
+    path = tmp_path / 'img'
+    path.write_bytes(data)
+    got = b''.join(transfer.read_range(str(path), offset, length,
+                                       chunk_size=CHUNK))
+    assert got == data[offset:offset + length]
+
+
+def test_read_past_device_end_is_an_error(tmp_path):
+    path = tmp_path / 'short'
+    path.write_bytes(b'x' * 100)
+    with pytest.raises(exceptions.BackendException):
+        b''.join(transfer.read_range(str(path), 0, 200))
+
+
+def test_read_closed_early_stops_read_ahead(tmp_path):
+    path = tmp_path / 'img'
+    path.write_bytes(random_bytes(4 * MiB))
+    it = transfer.read_range(str(path), 0, 4 * MiB, chunk_size=CHUNK,
+                             queue_depth=2)
+    next(it)
+    it.close()
+    import threading
+    assert not [t for t in threading.enumerate()
+                if t.name == 'gcs-read-ahead']
+
+
+def test_handle_targets(tmp_path):
+    data = random_bytes(MiB + 3)
+    handle = io.BytesIO(bytes(2 * MiB))
+    transfer.write_image(io.BytesIO(data), handle, len(data),
+                         capacity=2 * MiB, chunk_size=CHUNK)
+    assert transfer.device_size(handle) == 2 * MiB
+    assert b''.join(transfer.read_range(handle, 0, len(data))) == data
+
+
+def test_works_in_an_eventlet_patched_process(tmp_path):
+    """glance-api may run monkey-patched: the engine must still work."""
+    script = textwrap.dedent('''
+        import eventlet
+        eventlet.monkey_patch()
+        import hashlib, io, sys
+        from glance_cinder_store import transfer
+        assert transfer.threads_are_green()
+        data = bytes(range(256)) * 40000 + bytes(3 * 1024 * 1024)
+        path = sys.argv[1]
+        open(path, 'wb').truncate(len(data))
+        r = transfer.write_image(io.BytesIO(data), path, len(data),
+                                 capacity=len(data))
+        assert r.checksum == hashlib.md5(data).hexdigest()
+        assert b''.join(transfer.read_range(path, 0, len(data))) == data
+        print('ok')
+    ''')
+    out = subprocess.run([sys.executable, '-c', script,
+                          str(tmp_path / 'dev')], capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == 'ok', out.stderr[-2000:]
+
+
+def test_block_device_zeroing(tmp_path):
+    """On a real loop device, zero runs read back as zeros (root only)."""
+    if os.geteuid() != 0 or not os.path.exists('/dev/loop-control'):
+        pytest.skip('needs root and loop devices')
+    backing = tmp_path / 'backing'
+    backing.write_bytes(b'\xff' * (16 * MiB))
+    dev = subprocess.run(['losetup', '-f', '--show', str(backing)],
+                         capture_output=True, text=True,
+                         check=True).stdout.strip()
+    try:
+        data = mixed_bytes(12 * MiB + 512)
+        result = transfer.write_image(io.BytesIO(data), dev, len(data),
+                                      capacity=16 * MiB, chunk_size=4 * MiB)
+        assert result.zeroed_bytes >= 6 * MiB
+        assert b''.join(transfer.read_range(dev, 0, len(data))) == data
+        assert transfer.device_size(dev) == 16 * MiB
+    finally:
+        subprocess.run(['losetup', '-d', dev], check=True)
+    with open(backing, 'rb') as f:
+        assert f.read(len(data)) == data
