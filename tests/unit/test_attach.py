@@ -94,7 +94,8 @@ def _plant(host, cinder, volume, holder, state=holders.ATTACHED):
     """Leave behind what a process killed while holding would leave."""
     att = cinder.attachment_create(volume.id, 'ro')
     upd = cinder.attachment_update(att['id'], {'host': HOST,
-                                               'mountpoint': attach.MOUNTPOINT})
+    upd = cinder.attachment_update(
+        att["id"], {"host": HOST, "mountpoint": attach.MOUNTPOINT})
     conn = fakes.FakeConnection(upd.connection_info)
     device = conn.connect() if state == holders.ATTACHED else None
     host.records.save(holders.Record(

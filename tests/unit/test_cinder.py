@@ -1,0 +1,153 @@
+"""Credentials, endpoints, microversions, status waits and error mapping."""
+
+from unittest import mock
+
+from cinderclient import api_versions
+from cinderclient import exceptions as cinder_exc
+from glance_store import exceptions
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import identity
+import pytest
+
+from glance_cinder_store import cinder
+
+
+@pytest.fixture
+def conf(make_store):
+    return make_store().store_conf
+
+
+@pytest.fixture
+def version(monkeypatch):
+    highest = {'v': api_versions.APIVersion('3.70')}
+    monkeypatch.setattr(cinder.api_versions, 'get_highest_version',
+                        lambda client: highest['v'])
+    return highest
+
+
+def test_service_credentials_password(conf, version):
+    factory = cinder.CinderClientFactory(conf)
+    assert factory.uses_service_credentials
+    client = factory.client()
+    assert isinstance(factory.session().auth, identity.V3Password)
+    assert client.api_version.get_string() == '3.54'
+    assert factory.online_extend_supported
+
+
+def test_application_credential(make_store, version):
+    conf = make_store(cinder_store_application_credential_id='ac',
+                      cinder_store_application_credential_secret='s',
+                      cinder_store_user_name=None).store_conf
+    factory = cinder.CinderClientFactory(conf)
+    assert factory.uses_service_credentials
+    assert isinstance(factory.session().auth,
+                      identity.V3ApplicationCredential)
+
+
+def test_session_is_per_store_not_global(make_store, version):
+    a = cinder.CinderClientFactory(make_store().store_conf)
+    b = cinder.CinderClientFactory(make_store().store_conf)
+    assert a.session() is a.session()
+    assert a.session() is not b.session()
+
+
+def test_user_token_from_catalog(make_store, context, version):
+    conf = make_store(cinder_store_user_name=None,
+                      cinder_store_password=None).store_conf
+    factory = cinder.CinderClientFactory(conf)
+    assert not factory.uses_service_credentials
+    context.service_catalog = [{
+        'type': 'volumev3', 'name': 'cinderv3',
+        'endpoints': [{'publicURL': 'http://127.0.0.1:8776/v3/proj-1',
+                       'region': 'RegionOne'}]}]
+    client = factory.client(context)
+    auth = client.client.auth
+    assert auth.endpoint == 'http://127.0.0.1:8776/v3/proj-1'
+    assert auth.token == 'token'
+
+
+def test_user_token_endpoint_template(make_store, context, version):
+    conf = make_store(
+        cinder_store_user_name=None, cinder_store_password=None,
+        cinder_endpoint_template='http://127.0.0.1:8776/v3/%(project_id)s'
+    ).store_conf
+    client = cinder.CinderClientFactory(conf).client(context)
+    assert client.client.auth.endpoint == 'http://127.0.0.1:8776/v3/proj-1'
+
+
+def test_user_token_needs_a_context(make_store, version):
+    conf = make_store(cinder_store_user_name=None).store_conf
+    with pytest.raises(exceptions.BadStoreConfiguration, match='context'):
+        cinder.CinderClientFactory(conf).client(None)
+
+
+def test_catalog_without_cinder_is_a_clear_error(make_store, context,
+                                                 version):
+    conf = make_store(cinder_store_user_name=None).store_conf
+    with pytest.raises(exceptions.BadStoreConfiguration,
+                       match='cinder_catalog_info'):
+        cinder.CinderClientFactory(conf).client(context)
+
+
+def test_too_old_cinder_is_refused(conf, version):
+    version['v'] = api_versions.APIVersion('3.27')
+    with pytest.raises(exceptions.BackendException, match='3.54'):
+        cinder.CinderClientFactory(conf).client()
+
+
+@pytest.mark.parametrize('error,expected', [
+    (cinder_exc.NotFound(404), exceptions.NotFound),
+    (cinder_exc.OverLimit(413), exceptions.StorageFull),
+    (cinder_exc.Forbidden(403), exceptions.Forbidden),
+    (cinder_exc.ClientException(500), exceptions.BackendException),
+    (ks_exc.ConnectFailure('refused'), exceptions.BackendException),
+])
+def test_errors_are_translated(error, expected):
+    with pytest.raises(expected):
+        with cinder.translated_errors('doing x'):
+            raise error
+
+
+class Vol:
+    def __init__(self, status):
+        self.id = 'v1'
+        self.status = status
+
+
+def volumes_with(statuses, timeout=5):
+    client = mock.Mock()
+    client.volumes.get.side_effect = [Vol(s) for s in statuses]
+    return cinder.Volumes(client, timeout)
+
+
+def test_wait_for_reaches_status():
+    vols = volumes_with(['creating', 'creating', 'available'])
+    assert vols.wait_for(Vol('creating'), 'available',
+                         ('creating',)).status == 'available'
+
+
+def test_wait_for_fails_fast_on_error():
+    vols = volumes_with(['creating', 'error', 'available'])
+    with pytest.raises(cinder.VolumeFailed, match='is error'):
+        vols.wait_for(Vol('creating'), 'available', ('creating',))
+
+
+def test_wait_for_times_out():
+    client = mock.Mock()
+    client.volumes.get.return_value = Vol('creating')
+    vols = cinder.Volumes(client, timeout=0.3)
+    with pytest.raises(cinder.VolumeFailed, match='timed out'):
+        vols.wait_for(Vol('creating'), 'available', ('creating',))
+
+
+def test_attachment_delete_tolerates_gone():
+    client = mock.Mock()
+    client.attachments.delete.side_effect = cinder_exc.NotFound(404)
+    cinder.Volumes(client, 1).attachment_delete('a1')
+
+
+def test_retries_are_configured(conf, version):
+    client = cinder.CinderClientFactory(conf).client()
+    assert client.client.status_code_retries == conf.cinder_http_retries
+    assert 503 in client.client.retriable_status_codes
+    assert 500 not in client.client.retriable_status_codes
