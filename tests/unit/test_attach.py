@@ -93,7 +93,6 @@ def test_writer_is_exclusive(host, cinder, volume):
 def _plant(host, cinder, volume, holder, state=holders.ATTACHED):
     """Leave behind what a process killed while holding would leave."""
     att = cinder.attachment_create(volume.id, 'ro')
-    upd = cinder.attachment_update(att['id'], {'host': HOST,
     upd = cinder.attachment_update(
         att["id"], {"host": HOST, "mountpoint": attach.MOUNTPOINT})
     conn = fakes.FakeConnection(upd.connection_info)
