@@ -1,0 +1,211 @@
+"""Fixtures for tests against a running cloud (by default tools/aio's).
+
+The cloud is found through ``tools/aio env <user>``; to use another cloud,
+set GCS_CLOUD=external and the usual OS_* variables for an admin, plus
+GCS_PASSWORD for the users glance, demo and other, and GCS_CINDER_LOG for
+the cinder-volume log the clone checks read.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import time
+import uuid
+
+from cinderclient import client as cinder_client
+from glanceclient import client as glance_client
+from keystoneauth1.identity import v3
+from keystoneauth1 import session as ks_session
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+AIO = os.path.join(REPO, 'tools', 'aio')
+AIO_ROOT = os.environ.get('AIO_ROOT', '/opt/gcs-aio')
+CINDER_LOG = os.environ.get(
+    'GCS_CINDER_LOG', os.path.join(AIO_ROOT, 'logs', 'cinder-volume.log'))
+GLANCE_CONF = os.environ.get('GCS_GLANCE_CONF', '/etc/glance/glance-api.conf')
+USERS = {'admin': 'admin', 'demo': 'demo', 'other': 'other',
+         'glance': 'service'}
+TYPES = {'gold': 'glance-gold', 'silver': 'glance-silver',
+         'builtin': 'glance-builtin'}
+
+
+def _cloud_env():
+    if os.environ.get('GCS_CLOUD') == 'external':
+        return dict(os.environ)
+    out = subprocess.run([AIO, 'env', 'admin'], capture_output=True,
+                         text=True, check=True).stdout
+    env = {}
+    for line in out.splitlines():
+        m = re.match(r'export (\w+)=(.*)$', line)
+        if m:
+            env[m.group(1)] = shlex.split(m.group(2))[0] if m.group(2) else ''
+    return env
+
+
+ENV = _cloud_env()
+
+
+def session_for(user):
+    password = (ENV['OS_PASSWORD'] if user == 'admin' else
+                os.environ.get('GCS_PASSWORD', ENV['OS_PASSWORD']))
+    auth = v3.Password(auth_url=ENV['OS_AUTH_URL'], username=user,
+                       password=password, project_name=USERS[user],
+                       user_domain_name='Default',
+                       project_domain_name='Default')
+    return ks_session.Session(auth=auth)
+
+
+@pytest.fixture(scope='session')
+def admin():
+    return session_for('admin')
+
+
+@pytest.fixture(scope='session')
+def glance(admin):
+    return glance_client.Client('2', session=admin)
+
+
+@pytest.fixture(scope='session')
+def cinder(admin):
+    return cinder_client.Client('3.70', session=admin)
+
+
+@pytest.fixture(scope='session')
+def service():
+    """The glance service user (service role: may read image locations)."""
+    return glance_client.Client('2', session=session_for('glance'))
+
+
+@pytest.fixture(scope='session')
+def glance_url(admin):
+    return admin.get_endpoint(service_type='image', interface='public')
+
+
+def loop_devices():
+    out = subprocess.run(['losetup', '--list', '--noheadings', '--output',
+                          'NAME,BACK-FILE'], capture_output=True, text=True)
+    return set(line.split()[0] for line in out.stdout.splitlines()
+               if AIO_ROOT in line)
+
+
+def all_volumes(cinder):
+    return {v.id: v for v in cinder.volumes.list(
+        search_opts={'all_tenants': 1})}
+
+
+@pytest.fixture(scope='session', autouse=True)
+def nothing_leaks(cinder):
+    """After all tests: no new volume, attachment or loop device."""
+    volumes_before = set(all_volumes(cinder))
+    loops_before = loop_devices()
+    yield
+    deadline = time.time() + 60
+    while True:
+        vols = all_volumes(cinder)
+        leaked = {vid: (v.name, v.status) for vid, v in vols.items()
+                  if vid not in volumes_before}
+        attached = {vid: v.attachments for vid, v in vols.items()
+                    if v.attachments}
+        loops = loop_devices() - loops_before
+        if not (leaked or attached or loops) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert not leaked, 'volumes left behind: %s' % leaked
+    assert not attached, 'attachments left behind: %s' % attached
+    assert not loops, 'loop devices left behind: %s' % loops
+
+
+def wait_for(predicate, timeout=120, interval=0.5, what='condition'):
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError('timed out waiting for %s' % what)
+        time.sleep(interval)
+
+
+def image_volume(cinder, image_id):
+    """The volume that holds an image written by a store driver."""
+    vols = cinder.volumes.list(search_opts={'all_tenants': 1,
+                                            'name': 'image-%s' % image_id})
+    assert len(vols) == 1, vols
+    return cinder.volumes.get(vols[0].id)
+
+
+def wait_volume(cinder, volume_id, status='available', timeout=120):
+    def check():
+        vol = cinder.volumes.get(volume_id)
+        assert not vol.status.startswith('error'), vol.status
+        return vol if vol.status == status else None
+    return wait_for(check, timeout, what='volume %s %s' % (volume_id, status))
+
+
+def wait_gone(cinder, volume_id, timeout=120):
+    from cinderclient import exceptions
+
+    def gone():
+        try:
+            cinder.volumes.get(volume_id)
+        except exceptions.NotFound:
+            return True
+        return False
+    wait_for(gone, timeout, what='volume %s deleted' % volume_id)
+
+
+@pytest.fixture
+def images(glance):
+    """Create images; every one is deleted after the test."""
+    made = []
+
+    def create(**kwargs):
+        kwargs.setdefault('name', 'gcs-func-%s' % uuid.uuid4().hex[:8])
+        kwargs.setdefault('disk_format', 'raw')
+        kwargs.setdefault('container_format', 'bare')
+        image = glance.images.create(**kwargs)
+        made.append(image.id)
+        return image
+    yield create
+    for image_id in made:
+        try:
+            glance.images.delete(image_id)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def volumes(cinder):
+    """Create volumes (as any user's client); deleted after the test."""
+    made = []
+
+    def create(client=None, **kwargs):
+        vol = (client or cinder).volumes.create(**kwargs)
+        made.append(vol.id)
+        return vol
+    yield create
+    for vid in made:
+        try:
+            vol = cinder.volumes.get(vid)
+            for att in vol.attachments:
+                cinder.attachments.delete(att['attachment_id'])
+            cinder.volumes.delete(vid)
+            wait_gone(cinder, vid)
+        except Exception:
+            pass
+
+
+def log_mark(path=CINDER_LOG):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def log_since(mark, path=CINDER_LOG):
+    with open(path, 'rb') as f:
+        f.seek(mark)
+        return f.read().decode('utf-8', 'replace')

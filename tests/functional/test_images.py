@@ -1,0 +1,175 @@
+"""Images through the Glance v2 API, checked in Cinder after each step."""
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from tests.functional import conftest as fx
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def pattern(size, seed=0):
+    """Deterministic mixed content: data blocks with zero runs between."""
+    out = bytearray()
+    block = hashlib.sha512(b'%d' % seed).digest() * 16384   # 1 MiB
+    i = 0
+    while len(out) < size:
+        out += block if i % 3 else bytes(MiB)
+        i += 1
+    return bytes(out[:size])
+
+
+class Stream:
+    """A file-like view of a generator, with no length: sent chunked."""
+
+    def __init__(self, gen):
+        self.gen = gen
+
+    def read(self, n=-1):
+        return next(self.gen, b'')
+
+
+def upload(glance, images, data, store='gold', **kwargs):
+    image = images(**kwargs)
+    glance.images.upload(image.id, io.BytesIO(data), image_size=len(data),
+                         backend=store)
+    return glance.images.get(image.id)
+
+
+def http_get(admin, glance_url, image_id, headers=None):
+    resp = admin.get('%s/v2/images/%s/file' % (glance_url, image_id),
+                     headers=headers or {}, raise_exc=False)
+    return resp
+
+
+def locations(service, image_id):
+    return [loc['url'] for loc in
+            service.images.get_image_locations(image_id)]
+
+
+def test_upload_download_delete_known_size(glance, cinder, images, admin,
+                                           glance_url, service):
+    data = pattern(5 * MiB + 4097)
+    image = upload(glance, images, data)
+    assert image.status == 'active'
+    assert image.size == len(data)
+    assert image.checksum == hashlib.md5(data).hexdigest()
+    assert image.os_hash_algo == 'sha512'
+    assert image.os_hash_value == hashlib.sha512(data).hexdigest()
+    assert image.stores == 'gold'
+
+    vol = fx.image_volume(cinder, image.id)
+    assert vol.volume_type == 'glance-gold'
+    assert vol.size == 1
+    assert vol.metadata['glance_image_id'] == image.id
+    assert vol.metadata['image_size'] == str(len(data))
+    assert vol.metadata['image_owner'] == image.owner
+    assert 'glance_cinder_store_upload' not in vol.metadata
+    assert vol.status == 'available' and not vol.attachments
+    assert locations(service, image.id) == ['cinder://gold/%s' % vol.id]
+    admin_meta = cinder.volumes.get(vol.id)._info
+    assert admin_meta.get('metadata', {}).get('readonly', 'True') == 'True'
+
+    whole = http_get(admin, glance_url, image.id)
+    assert whole.status_code == 200 and whole.content == data
+    end = len(data) - 1
+    for first, last in [(0, 0), (10, 99), (MiB - 1, MiB), (end - 4, end)]:
+        part = http_get(admin, glance_url, image.id,
+                        {'Range': 'bytes=%d-%d' % (first, last)})
+        assert part.status_code == 206
+        assert part.content == data[first:last + 1]
+
+    glance.images.delete(image.id)
+    fx.wait_gone(cinder, vol.id)
+
+
+def test_upload_unknown_size_crosses_gib_boundaries(glance, cinder, images,
+                                                    admin, glance_url):
+    size = 2 * GiB + 3 * MiB + 11
+    md5 = hashlib.md5()
+    sha = hashlib.sha512()
+
+    def chunks():
+        sent = 0
+        while sent < size:
+            # mostly zeros (fast), with data at the start of every 64 MiB
+            n = min(8 * MiB, size - sent)
+            piece = (pattern(n, sent) if sent % (64 * MiB) == 0
+                     else bytes(n))
+            md5.update(piece)
+            sha.update(piece)
+            sent += n
+            yield piece
+
+    image = images()
+    glance.images.upload(image.id, Stream(chunks()), backend='gold')
+    image = glance.images.get(image.id)
+    assert image.size == size
+    assert image.checksum == md5.hexdigest()
+    assert image.os_hash_value == sha.hexdigest()
+    vol = fx.image_volume(cinder, image.id)
+    assert vol.size >= 3
+    assert vol.metadata['image_size'] == str(size)
+
+    resp = admin.get('%s/v2/images/%s/file' % (glance_url, image.id),
+                     stream=True)
+    got = hashlib.sha512()
+    n = 0
+    for piece in resp.iter_content(4 * MiB):
+        got.update(piece)
+        n += len(piece)
+    assert n == size and got.hexdigest() == sha.hexdigest()
+
+
+@pytest.mark.parametrize('store', ['silver', 'builtin'])
+def test_each_store_has_its_own_volume_type(glance, cinder, images, service,
+                                            store):
+    data = pattern(MiB + 1, 7)
+    image = upload(glance, images, data, store=store)
+    assert image.stores == store
+    vol = fx.image_volume(cinder, image.id)
+    assert vol.volume_type == fx.TYPES[store]
+    assert locations(service, image.id) == ['cinder://%s/%s'
+                                            % (store, vol.id)]
+
+
+def test_unknown_store_is_a_clear_error(glance, cinder, images):
+    from glanceclient import exc
+    before = set(fx.all_volumes(cinder))
+    image = images()
+    with pytest.raises(exc.HTTPException) as err:
+        glance.images.upload(image.id, io.BytesIO(b'x' * 100),
+                             image_size=100, backend='no-such-store')
+    assert err.value.code in (400, 404)
+    assert not set(fx.all_volumes(cinder)) - before
+
+
+def test_stores_info(glance, admin, glance_url):
+    """/v2/info/stores lists ours; /detail is Glance's 500 (see README)."""
+    stores = {s['id'] for s in glance.images.get_stores_info()['stores']}
+    assert {'gold', 'silver', 'builtin'} <= stores
+    detail = admin.get('%s/v2/info/stores/detail' % glance_url,
+                       raise_exc=False)
+    # Glance maps store *types* to property readers and knows no
+    # 'cinder_plus': the whole endpoint fails. Documented in README.
+    assert detail.status_code in (403, 500)
+
+
+def test_glance_runs_as_a_non_root_user():
+    pids = [p for p in os.listdir('/proc') if p.isdigit()]
+    owners = set()
+    for pid in pids:
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmd = f.read()
+            if b'glance/uwsgi.ini' in cmd or b'glance.wsgi.api' in cmd:
+                owners.add(os.stat('/proc/%s' % pid).st_uid)
+        except OSError:
+            continue
+    if not owners:
+        pytest.skip('glance-api is not running on this host')
+    assert 0 not in owners
