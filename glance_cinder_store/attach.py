@@ -45,6 +45,20 @@ def _host_ip(host):
     return '127.0.0.1'
 
 
+def pause_point(name):
+    """Fault injection for tests: stop here so a test can kill us.
+
+    Active only when GLANCE_CINDER_STORE_PAUSE_AT is ``<name>:<file>``: we
+    create ``file`` and sleep, and the test kills the process there.
+    """
+    spec = os.environ.get('GLANCE_CINDER_STORE_PAUSE_AT', '')
+    point, _, marker = spec.partition(':')
+    if point == name and marker:
+        with open(marker, 'w') as f:
+            f.write(str(os.getpid()))
+        time.sleep(300)
+
+
 def processes_using(path):
     """Holders rebuilt from /proc: live processes with ``path`` open."""
     real = os.path.realpath(path)
@@ -217,6 +231,7 @@ class HostAttachments:
         record = holders.Record(volume.id, attachment['id'], mode,
                                 holders=[me])
         self.records.save(record)
+        pause_point('attaching')
         try:
             updated = volumes.attachment_update(record.attachment_id,
                                                 self.connector_properties())
@@ -275,6 +290,7 @@ class HostAttachments:
 
     def _detach(self, volumes, record):
         """Undo ``record`` as far as it got: ACL, device, attachment, file."""
+        pause_point('detaching')
         path = record.device_path
         if path and record.acl_granted:
             self.access.revoke(path)

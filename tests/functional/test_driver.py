@@ -27,13 +27,13 @@ class Context:
         return {'project_id': self.project_id}
 
 
-def make_store(tmp_path, backend='gold', **overrides):
+def make_store(state_dir, backend='gold', **overrides):
     """A Store configured from the cloud's own glance-api.conf."""
     conf = cfg.ConfigOpts()
     conf.register_opt(cfg.DictOpt('enabled_backends'))
     conf(['--config-file', fx.GLANCE_CONF], project='glance')
     multi_backend.register_store_opts(conf)
-    overrides.setdefault('cinder_plus_state_dir', str(tmp_path / 'state'))
+    overrides.setdefault('cinder_plus_state_dir', str(state_dir))
     for key, value in overrides.items():
         conf.set_override(key, value, group=backend)
     store = store_mod.Store(conf, backend=backend)
@@ -46,7 +46,7 @@ def make_store(tmp_path, backend='gold', **overrides):
 
 @pytest.fixture
 def store(tmp_path):
-    return make_store(tmp_path)
+    return make_store(tmp_path / 'state')
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_size_mismatch_leaves_nothing(store, ctx, cinder, declared, actual):
 
 
 def test_missing_volume_type_is_a_clear_error(tmp_path, ctx, cinder):
-    store = make_store(tmp_path, cinder_volume_type='no-such-type')
+    store = make_store(tmp_path / 'state', cinder_volume_type='no-such-type')
     image_id = str(uuid.uuid4())
     with pytest.raises(exceptions.BackendException, match='no-such-type'):
         store.add(image_id, io.BytesIO(b'z'), 1, 'sha512', context=ctx)
@@ -100,7 +100,7 @@ def test_reads_and_deletes_images_of_the_builtin_driver(
                          backend='builtin')
     vol = fx.image_volume(cinder, image.id)
     # The same volumes, read by our driver configured for that store.
-    ours = make_store(tmp_path, backend='builtin')
+    ours = make_store(tmp_path / 'state', backend='builtin')
     loc = gs_location.get_location_from_uri_and_backend(
         'cinder://builtin/%s' % vol.id, 'builtin', conf=ours.conf)
     assert ours.get_size(loc, context=ctx) == len(data)
