@@ -53,8 +53,8 @@ STORE_VOLUME_TYPES = {
 
 
 def session(user='admin', project='admin'):
-    from keystoneauth1 import session as ks_session
     from keystoneauth1.identity import v3
+    from keystoneauth1 import session as ks_session
     auth = v3.Password(auth_url=AUTH_URL, username=user, password=PASSWORD,
                        project_name=project, user_domain_name='Default',
                        project_domain_name='Default')
@@ -100,9 +100,8 @@ def keystone_setup():
 
 
 def _volume_types(sess, types):
-    from cinderclient.v3 import client as cinder_client
-    cinder = cinder_client.Client(session=sess, api_version='3.70',
-                                  region_name=REGION)
+    from cinderclient import client as cinder_client
+    cinder = cinder_client.Client('3.70', session=sess, region_name=REGION)
     existing = {t.name: t for t in cinder.volume_types.list(is_public=None)}
     for name, specs in types.items():
         vtype = existing.get(name) or cinder.volume_types.create(name)
@@ -177,9 +176,8 @@ def status():
         line('keystone', False, repr(exc)[:120])
         return 1
     try:
-        from cinderclient.v3 import client as cinder_client
-        cinder = cinder_client.Client(session=sess, api_version='3.0',
-                                      region_name=REGION)
+        from cinderclient import client as cinder_client
+        cinder = cinder_client.Client('3.0', session=sess, region_name=REGION)
         services = cinder.services.list()
         line('cinder-api', True, 'http://%s:8776/v3' % IP)
         for binary in ('cinder-scheduler', 'cinder-volume'):

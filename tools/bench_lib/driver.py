@@ -1,0 +1,389 @@
+"""Driver level: Store.add / Store.get in-process, no HTTP.
+
+Runs in a child process per (driver, repeat), started by tools/bench with
+``--driver-child``: a fresh process gives a clean ``ru_maxrss`` for the
+peak-memory figure, and keeps the built-in driver's module-level state
+(its keystone session, os-brick set-up) apart from ours.
+
+Both stores are configured from glance-api.conf (backend ``gold`` for
+ours, ``builtin`` for glance_store's ``cinder`` driver), use the glance
+service user's credentials from there, and the same Cinder.  Ours gets a
+private ``cinder_plus_state_dir``.  Every volume made is deleted after its
+scenario, and its image id is journaled first so the parent can delete a
+volume a crashed child left behind.
+"""
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+
+from bench_lib import common
+from bench_lib.common import GiB, MiB, log
+
+
+class Context:
+    """The request context the built-in driver wants (and ours accepts)."""
+
+    def __init__(self):
+        self.project_id = 'gcs-bench'
+        self.user_id = 'gcs-bench'
+        self.auth_token = None
+        self.service_catalog = None
+
+    def to_dict(self):
+        return {'project_id': self.project_id, 'user_id': self.user_id}
+
+
+class Timers:
+    """Wrap callables to add up their wall time and count their calls."""
+
+    def __init__(self):
+        self.total = {}
+        self.calls = {}
+
+    def reset(self):
+        self.total.clear()
+        self.calls.clear()
+
+    def snapshot(self):
+        return {k: {'s': round(self.total[k], 4), 'calls': self.calls[k]}
+                for k in self.total}
+
+    def _add(self, name, dt):
+        self.total[name] = self.total.get(name, 0.0) + dt
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def wrap(self, owner, attr, name=None):
+        name = name or attr
+        orig = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            t = time.monotonic()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                self._add(name, time.monotonic() - t)
+        setattr(owner, attr, timed)
+
+    def wrap_cm(self, owner, attr, name=None):
+        """A context manager: time its enter and exit separately."""
+        name = name or attr
+        orig = getattr(owner, attr)
+        timers = self
+
+        @contextlib.contextmanager
+        def timed(*args, **kwargs):
+            cm = orig(*args, **kwargs)
+            t = time.monotonic()
+            try:
+                value = cm.__enter__()
+            finally:
+                timers._add(name + '.enter', time.monotonic() - t)
+            try:
+                yield value
+            except BaseException:
+                t = time.monotonic()
+                try:
+                    if not cm.__exit__(*sys.exc_info()):
+                        raise
+                finally:
+                    timers._add(name + '.exit', time.monotonic() - t)
+            else:
+                t = time.monotonic()
+                try:
+                    cm.__exit__(None, None, None)
+                finally:
+                    timers._add(name + '.exit', time.monotonic() - t)
+        setattr(owner, attr, timed)
+
+
+def _load_conf():
+    from glance_store import multi_backend
+    from oslo_config import cfg
+    conf = cfg.ConfigOpts()
+    conf.register_opt(cfg.DictOpt('enabled_backends'))
+    conf(['--config-file', common.GLANCE_CONF], project='glance')
+    multi_backend.register_store_opts(conf)
+    return conf
+
+
+class Bench:
+    """One driver's store, the scenarios, and the book-keeping."""
+
+    def __init__(self, driver, workdir, journal, overrides=None):
+        self.driver = driver
+        self.workdir = workdir
+        self.journal = journal
+        self.ctx = Context()
+        self.timers = Timers()
+        self.conf = _load_conf()
+        if driver.startswith('ours'):
+            self.backend = 'gold'
+            self._make_ours(overrides or {})
+        else:
+            self.backend = 'builtin'
+            self._make_builtin(overrides or {})
+        self.cinder = self._cinder_client()
+
+    # -- set-up ----------------------------------------------------------
+
+    def _register(self, store, location_class, entry):
+        from glance_store import location as gs_location
+        gs_location.register_scheme_backend_map({'cinder': {
+            self.backend: {'store': store, 'location_class': location_class,
+                           'store_entry': entry}}})
+
+    def _make_ours(self, overrides):
+        from glance_cinder_store import attach
+        from glance_cinder_store import cinder
+        from glance_cinder_store import store as store_mod
+        from glance_cinder_store import transfer
+        overrides.setdefault('cinder_plus_state_dir',
+                             os.path.join(self.workdir, 'state'))
+        for key, value in overrides.items():
+            self.conf.set_override(key, value, group=self.backend)
+        store = store_mod.Store(self.conf, backend=self.backend)
+        store.configure()
+        self._register(store, store_mod.StoreLocation, 'cinder_plus')
+        self.store = store
+        t = self.timers
+        t.wrap(cinder.Volumes, 'create', 'volume_create')
+        t.wrap(cinder.Volumes, 'wait_for', 'volume_wait')
+        t.wrap(cinder.Volumes, 'extend', 'volume_extend')
+        t.wrap(cinder.Volumes, 'replace_metadata', 'volume_metadata')
+        t.wrap(cinder.Volumes, 'set_readonly', 'volume_readonly')
+        t.wrap(cinder.Volumes, 'find_by_name', 'volume_find')
+        t.wrap(cinder.Volumes, 'get', 'volume_get')
+        t.wrap(attach.HostAttachments, '_attach_new', 'attach')
+        t.wrap(attach.HostAttachments, '_detach', 'detach')
+        t.wrap(attach.Attached, 'extend', 'host_extend')
+        t.wrap(transfer, 'write_image', 'write_image')
+        t.wrap(cinder.CinderClientFactory, 'client', 'make_client')
+        self.attach_counter = 'attach'
+
+    def _make_builtin(self, overrides):
+        from glance_store._drivers.cinder import store as builtin
+        for key, value in overrides.items():
+            self.conf.set_override(key, value, group=self.backend)
+        store = builtin.Store(self.conf, backend=self.backend)
+        store.configure()
+        self._register(store, builtin.StoreLocation, 'cinder')
+        self.store = store
+        t = self.timers
+        api = store.volume_api
+        t.wrap(api, 'create', 'volume_create')
+        t.wrap(store, '_wait_volume_status', 'volume_wait')
+        t.wrap(api, 'extend_volume', 'volume_extend')
+        t.wrap(store, '_call_offline_extend', 'volume_extend_offline')
+        t.wrap_cm(store, '_open_cinder_volume', 'attach')
+        t.wrap(store, '_write_data', 'write_data')
+        t.wrap(store, 'get_cinderclient', 'make_client')
+        self.attach_counter = 'attach.enter'
+
+    def _cinder_client(self):
+        """Our own look-ups (volume gone yet?) as the glance service user."""
+        from cinderclient import client as cinder_client
+        from keystoneauth1.identity import v3
+        from keystoneauth1 import session as ks_session
+        g = self.conf[self.backend]
+        auth = v3.Password(auth_url=g.cinder_store_auth_address,
+                           username=g.cinder_store_user_name,
+                           password=g.cinder_store_password,
+                           project_name=g.cinder_store_project_name,
+                           user_domain_name=g.cinder_store_user_domain_name,
+                           project_domain_name=(
+                               g.cinder_store_project_domain_name))
+        return cinder_client.Client('3.54', session=ks_session.Session(
+            auth=auth))
+
+    # -- helpers ---------------------------------------------------------
+
+    def _location(self, url):
+        from glance_store import location as gs_location
+        return gs_location.get_location_from_uri_and_backend(
+            url, self.backend, conf=self.conf)
+
+    def add(self, source, size_arg):
+        """Store.add; returns a dict of figures and the location."""
+        image_id = str(uuid.uuid4())
+        self.journal.write(image_id + '\n')
+        self.journal.flush()
+        self.timers.reset()
+        with common.PeakRss() as rss:
+            t = time.monotonic()
+            url, size, md5, multihash, _ = self.store.add(
+                image_id, source, size_arg, 'sha512', context=self.ctx)
+            dt = time.monotonic() - t
+        loc = self._location(url)
+        vol_id = loc.store_location.volume_id
+        vol = self.cinder.volumes.get(vol_id)
+        phases = self.timers.snapshot()
+        res = {'seconds': dt, 'bytes': size, 'md5': md5,
+               'mbps': common.rate(size, dt),
+               'allocated_bytes': common.allocated_bytes(vol_id),
+               'volume_gb': vol.size,
+               'attach_cycles': phases.get(self.attach_counter,
+                                           {}).get('calls', 0),
+               'extends': sum(phases.get(k, {}).get('calls', 0) for k in (
+                   'volume_extend', 'volume_extend_offline')),
+               'rss_growth_mib': rss.growth,
+               'phases': phases}
+        return res, loc
+
+    def get(self, loc, verify_md5=None):
+        """Read the whole image; seconds to first and last byte."""
+        t = time.monotonic()
+        it, size = self.store.get(loc, context=self.ctx)
+        first = None
+        n = 0
+        md5 = hashlib.md5(usedforsecurity=False) if verify_md5 else None
+        try:
+            for piece in it:
+                if first is None:
+                    first = time.monotonic() - t
+                n += len(piece)
+                if md5:
+                    md5.update(piece)
+        finally:
+            close = getattr(it, 'close', None)
+            if close:
+                close()
+        dt = time.monotonic() - t
+        if n != size:
+            raise AssertionError('read %d bytes of %d' % (n, size))
+        if md5 and md5.hexdigest() != verify_md5:
+            raise AssertionError('download differs from upload (md5)')
+        return {'seconds': dt, 'first_byte_s': first,
+                'mbps': common.rate(n, dt)}
+
+    def delete(self, loc):
+        from cinderclient import exceptions as cexc
+        vol_id = loc.store_location.volume_id
+        t = time.monotonic()
+        self.store.delete(loc, context=self.ctx)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                self.cinder.volumes.get(vol_id)
+            except cexc.NotFound:
+                return time.monotonic() - t
+            time.sleep(0.2)
+        raise RuntimeError('volume %s not deleted after 300 s' % vol_id)
+
+    @contextlib.contextmanager
+    def image(self, size, size_arg, zero_fraction=0.0):
+        """Add an image; yield (figures, location); delete it after."""
+        res, loc = self.add(common.DataSource(size, zero_fraction), size_arg)
+        try:
+            yield res, loc
+        finally:
+            res['delete_s'] = self.delete(loc)
+
+
+def run_child(spec):
+    """Entry point of ``tools/bench --driver-child SPEC_JSON``."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # glance_store, os-brick and friends log a lot at INFO; keep quiet
+    for name in ('glance_store', 'glance_cinder_store', 'keystoneauth',
+                 'cinderclient'):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # privsep relays its daemon's eventlet warning; os-brick warns about
+    # iSCSI and NVMe set-up this host does not need
+    for name in ('os_brick', 'oslo_privsep', 'oslo.privsep.daemon'):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    common.install_cleanup_handlers()
+    if spec.get('use_repo_source', True):
+        sys.path.insert(0, common.REPO)
+    workdir = tempfile.mkdtemp(prefix='gcs-bench-%s-' % spec['driver'])
+    common.on_cleanup('temp dir %s' % workdir,
+                      lambda: shutil.rmtree(workdir, ignore_errors=True))
+    from oslo_concurrency import lockutils
+    lockutils.set_defaults(lock_path=os.path.join(workdir, 'locks'))
+    common.random_pool()
+    with open(spec['journal'], 'a') as journal:
+        bench = Bench(spec['driver'], workdir, journal,
+                      spec.get('overrides'))
+        out = run_scenarios(bench, spec)
+    if spec['driver'].startswith('ours'):
+        import glance_cinder_store.store as m
+        out['driver_source'] = os.path.dirname(m.__file__)
+    with open(spec['out'], 'w') as f:
+        json.dump(out, f)
+
+
+def run_scenarios(bench, spec):
+    big = spec['big']            # 1 GiB (quick: 256 MiB)
+    sparse = spec['sparse']      # 4 GiB (quick: 1 GiB)
+    small = MiB
+    out = {}
+    name = bench.driver
+    only = spec.get('only')
+
+    def want(s):
+        return only is None or s in only
+
+    # warm up: token, microversion, privsep, first attach
+    with bench.image(small, small):
+        pass
+
+    # First measured add in this process: its ru_maxrss growth is the
+    # peak extra memory of adding 4 GiB (75% zero blocks, known size).
+    if want('sparse_known'):
+        log('%s: add %d MiB, 75%% zero blocks, known size'
+            % (name, sparse // MiB))
+        with bench.image(sparse, sparse, 0.75) as (res, loc):
+            out['sparse_known'] = res
+        log('%s:   %.0f MB/s, allocated %.0f MiB, RSS +%.1f MiB'
+            % (name, res['mbps'], (res['allocated_bytes'] or 0) / MiB,
+               res['rss_growth_mib']))
+
+    if want('sparse_unknown'):
+        log('%s: add %d MiB, 75%% zero blocks, unknown size'
+            % (name, sparse // MiB))
+        with bench.image(sparse, 0, 0.75) as (res, loc):
+            out['sparse_unknown'] = res
+        log('%s:   %.0f MB/s, %d attach cycle(s), %d extend(s), %d GiB'
+            % (name, res['mbps'], res['attach_cycles'], res['extends'],
+               res['volume_gb']))
+
+    if want('known') or want('download'):
+        log('%s: add %d MiB random, known size' % (name, big // MiB))
+        with bench.image(big, big) as (res, loc):
+            out['known'] = res
+            log('%s:   %.0f MB/s' % (name, res['mbps']))
+            if want('download'):
+                # warm: one untimed read first (checks the bytes too)
+                bench.get(loc, verify_md5=res['md5'] if spec.get(
+                    'verify') else None)
+                out['download'] = bench.get(loc)
+                log('%s: get %d MiB: %.0f MB/s, first byte %.3f s'
+                    % (name, big // MiB, out['download']['mbps'],
+                       out['download']['first_byte_s']))
+
+    if want('unknown'):
+        log('%s: add %d MiB random, unknown size' % (name, big // MiB))
+        with bench.image(big, 0) as (res, loc):
+            out['unknown'] = res
+        log('%s:   %.0f MB/s' % (name, res['mbps']))
+
+    if want('small'):
+        adds, gets, deletes = [], [], []
+        for _ in range(spec.get('small_count', 5)):
+            with bench.image(small, small) as (res, loc):
+                adds.append(res['seconds'])
+                g = bench.get(loc)
+                gets.append(g['seconds'])
+            deletes.append(res['delete_s'])
+        out['small'] = {'add_s': adds, 'get_s': gets, 'delete_s': deletes,
+                        'add_phases': res['phases']}
+        log('%s: 1 MiB add %.3f s, get %.3f s (medians of %d)'
+            % (name, common.median(adds), common.median(gets), len(adds)))
+    return out

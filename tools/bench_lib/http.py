@@ -1,0 +1,238 @@
+"""Through glance-api: python-glanceclient in this one process, admin user.
+
+Per store (ours ``gold``, the built-in driver's ``builtin``, Glance's
+``files``): upload of a big image with its size declared
+(``x-openstack-image-size``), its download (rate and time to first byte),
+1 MiB upload/download latency, 8 concurrent uploads (threads) and 16
+concurrent downloads (threads) of one image.  Downloads skip glanceclient's
+checksum pass (``do_checksum=False``) so the client's hashing does not
+compete with glance-api for the two cores; sizes are checked.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import threading
+import time
+import uuid
+
+from bench_lib import common
+from bench_lib.common import MiB, log
+
+STORES = ('gold', 'builtin', 'files')
+NAME_PREFIX = 'gcs-bench-'
+
+
+def admin_auth():
+    """Admin credentials, from ``tools/aio env admin`` (or OS_* variables)."""
+    env = {}
+    if os.environ.get('GCS_CLOUD') == 'external':
+        env = dict(os.environ)
+    else:
+        out = subprocess.run([os.path.join(common.TOOLS, 'aio'), 'env',
+                              'admin'], capture_output=True, text=True,
+                             check=True).stdout
+        for line in out.splitlines():
+            m = re.match(r'export (\w+)=(.*)$', line)
+            if m:
+                env[m.group(1)] = (shlex.split(m.group(2))[0]
+                                   if m.group(2) else '')
+    from keystoneauth1.identity import v3
+    return v3.Password(
+        auth_url=env['OS_AUTH_URL'], username=env['OS_USERNAME'],
+        password=env['OS_PASSWORD'], project_name=env['OS_PROJECT_NAME'],
+        user_domain_name=env.get('OS_USER_DOMAIN_NAME', 'Default'),
+        project_domain_name=env.get('OS_PROJECT_DOMAIN_NAME', 'Default'))
+
+
+class Api:
+    def __init__(self):
+        from keystoneauth1 import session as ks_session
+        self.auth = admin_auth()
+        self.session = ks_session.Session(auth=self.auth)
+        self.glance = self.client()
+        from cinderclient import client as cinder_client
+        self.cinder = cinder_client.Client('3.54', session=self.session)
+        self.made = set()
+        self._lock = threading.Lock()
+        self._token = common.on_cleanup('images made through the API',
+                                        self.delete_all)
+
+    @staticmethod
+    def cinder_only():
+        from cinderclient import client as cinder_client
+        from keystoneauth1 import session as ks_session
+        return cinder_client.Client('3.54', session=ks_session.Session(
+            auth=admin_auth()))
+
+    def client(self):
+        """A glanceclient with its own HTTP session (one per thread)."""
+        from glanceclient import client as glance_client
+        from keystoneauth1 import session as ks_session
+        return glance_client.Client('2', session=ks_session.Session(
+            auth=self.auth))
+
+    def create(self, glance=None):
+        image = (glance or self.glance).images.create(
+            name=NAME_PREFIX + uuid.uuid4().hex[:12], disk_format='raw',
+            container_format='bare')
+        with self._lock:
+            self.made.add(image.id)
+        return image.id
+
+    def upload(self, image_id, size, store, glance=None, zero_fraction=0.0):
+        """Seconds for the PUT of the image data."""
+        glance = glance or self.glance
+        t = time.monotonic()
+        glance.images.upload(image_id, common.DataSource(size, zero_fraction),
+                             image_size=size, backend=store)
+        dt = time.monotonic() - t
+        image = glance.images.get(image_id)
+        if image.status != 'active' or image.size != size:
+            raise AssertionError('image %s is %s with %s bytes after upload'
+                                 % (image_id, image.status, image.size))
+        return dt
+
+    def download(self, image_id, size, glance=None):
+        """(seconds to first byte, seconds to last byte)."""
+        glance = glance or self.glance
+        t = time.monotonic()
+        body = glance.images.data(image_id, do_checksum=False)
+        first = None
+        n = 0
+        for chunk in body:
+            if first is None:
+                first = time.monotonic() - t
+            n += len(chunk)
+        dt = time.monotonic() - t
+        if n != size:
+            raise AssertionError('downloaded %d bytes of %d' % (n, size))
+        return first, dt
+
+    def delete(self, image_ids):
+        """Delete images and wait until Cinder has deleted their volumes."""
+        for image_id in image_ids:
+            try:
+                self.glance.images.delete(image_id)
+            except Exception as e:
+                log('could not delete image %s: %s' % (image_id, e))
+            with self._lock:
+                self.made.discard(image_id)
+        self.wait_volumes_gone(image_ids)
+
+    def wait_volumes_gone(self, image_ids, timeout=300):
+        names = {'image-%s' % i for i in image_ids}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            vols = [v for v in self.cinder.volumes.list(
+                search_opts={'all_tenants': 1}) if v.name in names]
+            if not vols:
+                return
+            time.sleep(0.5)
+        log('volumes still there after %d s: %s'
+            % (timeout, [v.id for v in vols]))
+
+    def delete_all(self):
+        with self._lock:
+            left = list(self.made)
+        if left:
+            self.delete(left)
+
+
+def _parallel(fns):
+    """Run callables in threads started together; (wall s, results)."""
+    results = [None] * len(fns)
+    errors = []
+    barrier = threading.Barrier(len(fns) + 1)
+
+    def run(i, fn):
+        try:
+            barrier.wait()
+            results[i] = fn()
+        except BaseException as e:
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i, fn))
+               for i, fn in enumerate(fns)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    t = time.monotonic()
+    for th in threads:
+        th.join()
+    dt = time.monotonic() - t
+    if errors:
+        raise errors[0]
+    return dt, results
+
+
+def run_repeat(api, cfg, stores=STORES):
+    """One repeat of every HTTP scenario for every store; figures per store."""
+    big, conc, small = cfg['http_big'], cfg['conc_size'], MiB
+    out = {s: {} for s in stores}
+
+    # big upload, then download of the same image (interleaved by store)
+    images = {}
+    try:
+        for s in stores:
+            images[s] = api.create()
+            dt = api.upload(images[s], big, s)
+            out[s]['upload_s'] = dt
+            out[s]['upload_mbps'] = common.rate(big, dt)
+            log('http %-8s upload %d MiB: %.0f MB/s'
+                % (s, big // MiB, out[s]['upload_mbps']))
+        for s in stores:
+            first, dt = api.download(images[s], big)
+            out[s]['download_s'] = dt
+            out[s]['download_mbps'] = common.rate(big, dt)
+            out[s]['first_byte_s'] = first
+            log('http %-8s download %d MiB: %.0f MB/s, first byte %.3f s'
+                % (s, big // MiB, out[s]['download_mbps'], first))
+    finally:
+        api.delete(list(images.values()))
+
+    # 1 MiB images: upload and download latency
+    for s in stores:
+        ids = []
+        ups, downs, firsts = [], [], []
+        try:
+            for _ in range(cfg.get('small_count', 5)):
+                image_id = api.create()
+                ids.append(image_id)
+                ups.append(api.upload(image_id, small, s))
+                first, dt = api.download(image_id, small)
+                downs.append(dt)
+                firsts.append(first)
+        finally:
+            api.delete(ids)
+        out[s]['small_upload_s'] = ups
+        out[s]['small_download_s'] = downs
+        out[s]['small_first_byte_s'] = firsts
+        log('http %-8s 1 MiB upload %.3f s, download %.3f s (medians)'
+            % (s, common.median(ups), common.median(downs)))
+
+    # 8 concurrent uploads, then 16 concurrent downloads of one of them
+    for s in stores:
+        n_up, n_down = cfg['conc_uploads'], cfg['conc_downloads']
+        clients = [api.client() for _ in range(max(n_up, n_down))]
+        ids = [api.create() for _ in range(n_up)]
+        try:
+            wall, each = _parallel([
+                (lambda i=i: api.upload(ids[i], conc, s, clients[i]))
+                for i in range(n_up)])
+            out[s]['conc_upload_wall_s'] = wall
+            out[s]['conc_upload_mbps'] = common.rate(n_up * conc, wall)
+            out[s]['conc_upload_each_s'] = each
+            wall, each = _parallel([
+                (lambda i=i: api.download(ids[0], conc, clients[i]))
+                for i in range(n_down)])
+            out[s]['conc_download_wall_s'] = wall
+            out[s]['conc_download_mbps'] = common.rate(n_down * conc, wall)
+            out[s]['conc_download_first_byte_s'] = [e[0] for e in each]
+            log('http %-8s %d x %d MiB uploads: %.0f MB/s total; %d '
+                'downloads: %.0f MB/s total'
+                % (s, n_up, conc // MiB, out[s]['conc_upload_mbps'],
+                   n_down, out[s]['conc_download_mbps']))
+        finally:
+            api.delete(ids)
+    return out
