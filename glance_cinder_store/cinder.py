@@ -181,12 +181,19 @@ def _is_transitional(volume, transitional):
     return volume.status in transitional
 
 
+def _volume_busy(error):
+    """Cinder's 400 for a volume between states (another attach racing)."""
+    return (isinstance(error, cinder_exc.BadRequest) and
+            'to reserve' in str(error) and 'current status is' in str(error))
+
+
 class Volumes:
     """The volume and attachment calls the store makes, with one client."""
 
-    def __init__(self, client, timeout):
+    def __init__(self, client, timeout, attach_retries=5):
         self.client = client
         self.timeout = timeout
+        self.attach_retries = attach_retries
 
     def get(self, volume_id):
         with translated_errors('volume %s' % volume_id):
@@ -243,8 +250,15 @@ class Volumes:
             self.client.volumes.update_readonly_flag(volume, True)
 
     def attachment_create(self, volume_id, mode):
+        """Reserve the volume; retried while another attach is under way."""
+        retry = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_volume_busy),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=4),
+            stop=tenacity.stop_after_attempt(self.attach_retries + 1),
+            reraise=True)
         with translated_errors('reserving volume %s' % volume_id):
-            return self.client.attachments.create(volume_id, None, mode=mode)
+            return retry(self.client.attachments.create, volume_id, None,
+                         mode=mode)
 
     def attachment_update(self, attachment_id, connector):
         with translated_errors('attachment %s' % attachment_id):

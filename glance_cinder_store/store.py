@@ -89,8 +89,10 @@ class Store(glance_store.driver.Store):
         return self._attachments
 
     def _volumes(self, context):
+        conf = self.store_conf
         return cinder.Volumes(self.clients.client(context),
-                              self.store_conf.cinder_state_transition_timeout)
+                              conf.cinder_state_transition_timeout,
+                              conf.cinder_attachment_retry_attempts)
 
     def configure_add(self):
         volume_type = self.store_conf.cinder_volume_type

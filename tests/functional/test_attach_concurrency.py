@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 from glance_store import exceptions
 from glance_store import location as gs_location
@@ -202,7 +201,8 @@ def test_killed_during_attach_or_detach_is_recovered(image, cinder,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # it did leave one behind (still 'reserved' if killed while attaching)
-    assert cinder.attachments.list(search_opts={'volume_id': vol.id})
+    assert cinder.attachments.list(search_opts={'volume_id': vol.id,
+                                                'all_tenants': 1})
     t0 = time.time()
     store = test_driver.make_store(state_dir)
     loc = gs_location.get_location_from_uri_and_backend(
@@ -229,13 +229,15 @@ def test_cleanup_tool_recovers_without_a_next_reader(image, cinder,
 def test_foreign_attachment_on_this_host_survives_our_detach(
         image, cinder, state_dir):
     img, vol, sha = image
+    # Another user of the volume on this host (as nova would attach it; no
+    # instance id, since deleting an instance's attachment makes Cinder
+    # call nova, which this cloud does not have).
     connector = {'host': socket.gethostname(), 'initiator': 'nova-like',
                  'mountpoint': '/dev/vdb', 'ip': '127.0.0.1',
                  'platform': 'x86_64', 'os_type': 'linux',
                  'multipath': False}
-    nova = cinder.attachments.create(vol.id, connector,
-                                     instance_id=str(uuid.uuid4()),
-                                     mode='ro')
+    nova = cinder.attachments.create(vol.id, connector, mode='ro')
+    cinder.attachments.complete(nova['id'])       # "nova" connected it
     try:
         device = nova['connection_info']['device_path']
         store = test_driver.make_store(state_dir)

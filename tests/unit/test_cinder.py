@@ -151,3 +151,18 @@ def test_retries_are_configured(conf, version):
     assert client.client.status_code_retries == conf.cinder_http_retries
     assert 503 in client.client.retriable_status_codes
     assert 500 not in client.client.retriable_status_codes
+
+
+def test_attachment_create_retries_while_volume_is_busy():
+    client = mock.Mock()
+    busy = cinder_exc.BadRequest(
+        400, 'Invalid volume: status must be available or in-use or '
+        'downloading to reserve, but the current status is attaching.')
+    client.attachments.create.side_effect = [busy, busy, {'id': 'a1'}]
+    assert cinder.Volumes(client, 1).attachment_create('v', 'ro') == {
+        'id': 'a1'}
+    client.attachments.create.side_effect = [busy] * 10
+    with pytest.raises(exceptions.BackendException, match='attaching'):
+        cinder.Volumes(client, 1, attach_retries=2).attachment_create(
+            'v', 'ro')
+    assert client.attachments.create.call_count == 3 + 3
