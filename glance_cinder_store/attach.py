@@ -29,6 +29,7 @@ from glance_cinder_store import connectors
 from glance_cinder_store.connectors import base as connector_base
 from glance_cinder_store import holders
 from glance_cinder_store import privileged
+from glance_cinder_store.privileged import access
 
 LOG = logging.getLogger(__name__)
 
@@ -109,9 +110,8 @@ class HostAttachments:
         self.host = socket.gethostname()
         self.records = holders.RecordStore(conf.cinder_plus_state_dir)
         self.lock_dir = os.path.join(conf.cinder_plus_state_dir, 'locks')
-        self.access = privileged.DeviceAccess(conf.rootwrap_config)
+        self.access = access.DeviceAccess(conf.rootwrap_config)
         self.root_helper = privileged.root_helper(conf.rootwrap_config)
-        privileged.init_privsep(conf.rootwrap_config)
         self.grace = conf.cinder_plus_attach_grace_period
         self.wait_timeout = (conf.cinder_state_transition_timeout
                              if wait_timeout is None else wait_timeout)

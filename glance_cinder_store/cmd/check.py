@@ -7,13 +7,12 @@ Prints one line per check and exits non-zero if any failed.
 """
 
 import os
-import shutil
 import sys
-
-from oslo_concurrency import processutils
 
 from glance_cinder_store.cmd import stores as stores_mod
 from glance_cinder_store import holders
+from glance_cinder_store import privileged
+from glance_cinder_store.privileged import acl
 
 
 def _checks(store_id, store):
@@ -45,30 +44,19 @@ def _checks(store_id, store):
         os.unlink(probe)
         return '%s writable' % conf.cinder_plus_state_dir
 
-    def rootwrap():
+    def privsep():
         path = conf.rootwrap_config
         if not os.path.exists(path):
             raise RuntimeError('%s missing' % path)
-        if os.getuid() == 0:
-            return '%s present (running as root)' % path
-        out, _ = processutils.execute(
-            'sudo', '-n', 'glance-rootwrap', path, 'setfacl', '-x',
-            'u:%d' % os.getuid(), '/dev/null-probe', check_exit_code=False)
-        return 'sudo glance-rootwrap %s answers' % path
-
-    def tools():
-        missing = [t for t in ('setfacl',) if not shutil.which(
-            t, path=os.environ.get('PATH', '') + ':/usr/bin:/bin')]
-        if missing:
-            raise RuntimeError('missing: %s (Debian/Ubuntu: apt install acl)'
-                               % ', '.join(missing))
-        return 'setfacl present'
+        privileged.init(path)
+        if acl.ping() != 0:
+            raise RuntimeError('privileged daemon is not root')
+        return 'sudo glance-rootwrap %s privsep-helper works' % path
 
     yield 'cinder', cinder_api
     yield 'volume type', volume_type
     yield 'state dir', state_dir
-    yield 'rootwrap', rootwrap
-    yield 'tools', tools
+    yield 'privsep', privsep
 
 
 def main(argv=None):

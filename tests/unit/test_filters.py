@@ -1,4 +1,8 @@
-"""The rootwrap filters we ship: parsed by oslo.rootwrap, and narrow."""
+"""The rootwrap filters we ship: parsed by oslo.rootwrap, allow nothing.
+
+Our privileged step runs in a privsep daemon (privileged/), which
+oslo.rootwrap always lets start; no command of ours needs a filter.
+"""
 
 import os
 import sys
@@ -27,11 +31,11 @@ def allowed(filters, cmd):
 
 
 @pytest.mark.parametrize('cmd', [
-    'setfacl -m u:998:rw /dev/loop3',
-    'setfacl -m u:998:r /dev/sdb',
-    'setfacl -x u:998 /dev/nvme0n1',
     'privsep-helper --config-file /etc/glance/glance-api.conf '
     '--privsep_context os_brick.privileged.default '
+    '--privsep_sock_path /tmp/tmpab_12/privsep.sock',
+    'privsep-helper --config-file /etc/glance/glance-api.conf '
+    '--privsep_context glance_cinder_store.privileged.default '
     '--privsep_sock_path /tmp/tmpab_12/privsep.sock',
 ])
 def test_commands_we_run_are_allowed(filters, cmd):
@@ -43,13 +47,9 @@ def test_commands_we_run_are_allowed(filters, cmd):
     'chown 998 /dev/loop3',
     'mount -t nfs host:/x /mnt',
     'umount /',
+    'setfacl -m u:998:rw /dev/loop3',
     'setfacl -m u:998:rw /etc/shadow',
-    'setfacl -m u:0:rw /dev/loop3',
-    'setfacl -m u:998:rwx /dev/loop3',
-    'setfacl -m g:disk:rw /dev/loop3',
-    'setfacl -m u:998:rw /dev/../etc/shadow',
-    'setfacl -m u:998:rw /dev/loop3 /etc/shadow',
-    'setfacl -R -m u:998:rw /dev',
+    'chmod 666 /dev/loop3',
     'dd if=/dev/zero of=/dev/sda',
     'sh -c id',
 ])
