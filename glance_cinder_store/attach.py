@@ -295,11 +295,16 @@ class HostAttachments:
         if path and record.acl_granted:
             self.access.revoke(path)
         if record.connection_info:
-            try:
-                others = [a for a in volumes.host_attachments(
-                    record.volume_id, self.host) if a != record.attachment_id]
-            except exceptions.NotFound:
-                others = []
+            others = []
+            # A writer's volume is ours alone (a new image, or one we are
+            # growing); a reader's may also be in use by nova on this host.
+            if record.mode == 'ro':
+                try:
+                    others = [a for a in volumes.host_attachments(
+                        record.volume_id, self.host)
+                        if a != record.attachment_id]
+                except exceptions.NotFound:
+                    pass
             if others:
                 LOG.info('volume %s: leaving the device, attachment(s) %s on '
                          'this host still use it', record.volume_id, others)

@@ -7,6 +7,7 @@ conventions (name ``image-<id>``, metadata ``glance_image_id``,
 other's images and Cinder's clone fast paths work on ours.
 """
 
+from concurrent import futures
 import contextlib
 import datetime
 import errno
@@ -14,6 +15,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 
 from glance_store import capabilities
@@ -128,10 +130,7 @@ class Store(glance_store.driver.Store):
         try:
             volume = volumes.wait_for(volume, 'available', ('creating',))
             result = self._write(volumes, volume, image_file, image_size,
-                                 hashing_algo, verifier)
-            metadata['image_size'] = str(result.size)
-            volumes.replace_metadata(volume, metadata)
-            volumes.set_readonly(volume)
+                                 hashing_algo, verifier, metadata)
         except BaseException as e:
             LOG.error('store %s: upload of image %s to volume %s failed: %s',
                       self.name, image_id, volume.id, e)
@@ -158,7 +157,7 @@ class Store(glance_store.driver.Store):
             raise
 
     def _write(self, volumes, volume, image_file, image_size, hashing_algo,
-               verifier):
+               verifier, metadata):
         conf = self.store_conf
         with contextlib.ExitStack() as stack:
             attached = stack.enter_context(
@@ -167,13 +166,21 @@ class Store(glance_store.driver.Store):
             grower = None
             if not image_size:
                 grower = _Grower(self, volumes, volume, stack, attached)
-            return transfer.write_image(
+            result = transfer.write_image(
                 image_file, attached.target, image_size,
                 capacity=volume.size * units.Gi,
                 grow=grower, hashing_algo=hashing_algo, verifier=verifier,
                 chunk_size=conf.cinder_plus_io_chunk_size,
                 queue_depth=conf.cinder_plus_io_queue_depth,
                 skip_zeroes=conf.cinder_plus_skip_zeroes)
+            # The bytes are on stable storage: record the final metadata
+            # (which drops the upload mark) while the detach runs.
+            metadata['image_size'] = str(result.size)
+            finishing = _in_background(volumes.replace_metadata, volume,
+                                       metadata)
+        finishing.result()
+        volumes.set_readonly(volume)    # Cinder wants it detached first
+        return result
 
     def _discard(self, volumes, volume):
         """Delete a volume whose upload failed; leave a trace if we can't."""
@@ -287,6 +294,19 @@ def _check_device(target, volume, image_size):
         raise exceptions.StorageFull(
             'volume %s (%d bytes) is smaller than the image (%d bytes)'
             % (volume.id, size, image_size))
+
+
+def _in_background(fn, *args):
+    """Run ``fn`` in a thread; the returned future re-raises its error."""
+    future = futures.Future()
+
+    def run():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:
+            future.set_exception(e)
+    threading.Thread(target=run, name='gcs-finish', daemon=True).start()
+    return future
 
 
 def _translated_os_error(error):
