@@ -15,6 +15,8 @@ import os
 import threading
 import uuid
 
+from glance_store import exceptions
+
 ATTACHING = 'attaching'
 ATTACHED = 'attached'
 
@@ -98,7 +100,18 @@ class RecordStore:
 
     def __init__(self, state_dir):
         self.dir = os.path.join(state_dir, 'attachments')
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            probe = os.path.join(self.dir, '.writable')
+            with open(probe, 'w'):
+                pass
+            os.unlink(probe)
+        except OSError as e:
+            raise exceptions.BadStoreConfiguration(
+                store_name='cinder_plus',
+                reason='cinder_plus_state_dir %s is not usable (%s): it must '
+                       'be a local folder the glance-api user can write'
+                       % (state_dir, e))
 
     def path(self, volume_id):
         return os.path.join(self.dir, volume_id + '.json')

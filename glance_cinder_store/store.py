@@ -97,6 +97,11 @@ class Store(glance_store.driver.Store):
                               conf.cinder_attachment_retry_attempts)
 
     def configure_add(self):
+        try:
+            self.attachments
+        except exceptions.BadStoreConfiguration as e:
+            # Said at start-up; every add/get repeats it until it is fixed.
+            LOG.error('store %s: %s', self.name, e)
         volume_type = self.store_conf.cinder_volume_type
         if not volume_type or not self.clients.uses_service_credentials:
             return

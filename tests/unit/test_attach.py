@@ -211,3 +211,12 @@ def test_holder_identity_survives_pid_reuse():
     impostor = holders.Holder(me.pid, me.start - 1, 'x')
     assert not impostor.alive()
     assert not dead_holder().alive()
+
+
+def test_unusable_state_dir_is_a_clear_error(tmp_path):
+    from glance_store import exceptions as gs_exc
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    with pytest.raises(gs_exc.BadStoreConfiguration,
+                       match='cinder_plus_state_dir'):
+        holders.RecordStore(str(blocker))
