@@ -329,3 +329,13 @@ def test_store_exposes_what_glance_reads(store):
                 caps.BitMasks.DRIVER_REUSABLE):
         assert store.is_capable(bit)
     assert os.path.isdir(store.store_conf.cinder_plus_state_dir) or True
+
+
+@pytest.mark.parametrize('step', ['replace_metadata', 'set_readonly'])
+def test_add_final_step_failure_deletes_volume(store, cinder, context, step):
+    cinder.fail[step] = exceptions.BackendException('cinder said no')
+    with pytest.raises(exceptions.BackendException, match='cinder said no'):
+        store.add(IMAGE_ID, io.BytesIO(b'x' * 10), 10, 'sha512',
+                  context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
