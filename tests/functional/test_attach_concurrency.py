@@ -80,6 +80,30 @@ def loop_of(volume_id):
             if volume_id in line]
 
 
+def store_and_location(state_dir, volume_id, **overrides):
+    """Our driver, as one more glance-api process of this host would be."""
+    store = test_driver.make_store(state_dir, **overrides)
+    loc = gs_location.get_location_from_uri_and_backend(
+        'cinder://gold/%s' % volume_id, 'gold', conf=store.conf)
+    return store, loc
+
+
+def read_all(store, loc):
+    return b''.join(store.get(loc, context=test_driver.Context('x'))[0])
+
+
+def image_being_read(glance, cinder, images, state_dir, delay):
+    """An 8 MiB image and a reader process that takes ~8 x delay on it."""
+    data = pattern(8 * MiB, 9)
+    img = images()
+    glance.images.upload(img.id, io.BytesIO(data), image_size=len(data),
+                         backend='gold')
+    vol = fx.image_volume(cinder, img.id)
+    reader = start_reader(state_dir, vol.id, delay)
+    wait_line(reader, 'attached')
+    return data, vol, reader
+
+
 def assert_clean(cinder, volume_id, state_dir):
     fx.wait_for(lambda: not cinder.volumes.get(volume_id).attachments,
                 timeout=30, what='attachments of %s gone' % volume_id)
@@ -177,10 +201,8 @@ def test_killed_reader_does_not_hurt_the_others(image, cinder, state_dir):
         r.wait()
     # the very next get works at once, and the killed holder is gone
     t0 = time.time()
-    store = test_driver.make_store(state_dir)
-    loc = gs_location.get_location_from_uri_and_backend(
-        'cinder://gold/%s' % vol.id, 'gold', conf=store.conf)
-    body = b''.join(store.get(loc, context=test_driver.Context('x'))[0])
+    store, loc = store_and_location(state_dir, vol.id)
+    body = read_all(store, loc)
     elapsed = time.time() - t0
     print('\nnext get after a killed reader: %.2fs' % elapsed)
     assert hashlib.sha256(body).hexdigest() == sha
@@ -204,10 +226,8 @@ def test_killed_during_attach_or_detach_is_recovered(image, cinder,
     assert cinder.attachments.list(search_opts={'volume_id': vol.id,
                                                 'all_tenants': 1})
     t0 = time.time()
-    store = test_driver.make_store(state_dir)
-    loc = gs_location.get_location_from_uri_and_backend(
-        'cinder://gold/%s' % vol.id, 'gold', conf=store.conf)
-    body = b''.join(store.get(loc, context=test_driver.Context('x'))[0])
+    store, loc = store_and_location(state_dir, vol.id)
+    body = read_all(store, loc)
     print('\nget after a kill while %s: %.2fs' % (point, time.time() - t0))
     assert hashlib.sha256(body).hexdigest() == sha
     assert_clean(cinder, vol.id, state_dir)
@@ -221,7 +241,7 @@ def test_cleanup_tool_recovers_without_a_next_reader(image, cinder,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert our_attachments(cinder, vol.id)
-    store = test_driver.make_store(state_dir)
+    store, _ = store_and_location(state_dir, vol.id)
     assert store.attachments.recover(store._volumes(None)) == [vol.id]
     assert_clean(cinder, vol.id, state_dir)
 
@@ -240,10 +260,8 @@ def test_foreign_attachment_on_this_host_survives_our_detach(
     cinder.attachments.complete(nova['id'])       # "nova" connected it
     try:
         device = nova['connection_info']['device_path']
-        store = test_driver.make_store(state_dir)
-        loc = gs_location.get_location_from_uri_and_backend(
-            'cinder://gold/%s' % vol.id, 'gold', conf=store.conf)
-        body = b''.join(store.get(loc, context=test_driver.Context('x'))[0])
+        store, loc = store_and_location(state_dir, vol.id)
+        body = read_all(store, loc)
         assert hashlib.sha256(body).hexdigest() == sha
         atts = cinder.volumes.get(vol.id).attachments
         assert [a['attachment_id'] for a in atts] == [nova['id']]
@@ -258,16 +276,9 @@ def test_foreign_attachment_on_this_host_survives_our_detach(
 
 def test_delete_while_downloading_waits_for_the_reader(glance, cinder,
                                                        state_dir, images):
-    data = pattern(8 * MiB, 9)
-    img = images()
-    glance.images.upload(img.id, io.BytesIO(data), image_size=len(data),
-                         backend='gold')
-    vol = fx.image_volume(cinder, img.id)
-    reader = start_reader(state_dir, vol.id, 0.3)      # ~2.5 s
-    wait_line(reader, 'attached')
-    store = test_driver.make_store(state_dir)
-    loc = gs_location.get_location_from_uri_and_backend(
-        'cinder://gold/%s' % vol.id, 'gold', conf=store.conf)
+    data, vol, reader = image_being_read(glance, cinder, images, state_dir,
+                                         0.3)      # ~2.5 s
+    store, loc = store_and_location(state_dir, vol.id)
     t0 = time.time()
     store.delete(loc, context=test_driver.Context('x'))
     waited = time.time() - t0
@@ -278,17 +289,10 @@ def test_delete_while_downloading_waits_for_the_reader(glance, cinder,
 
 def test_delete_gives_up_clearly_when_readers_stay(glance, cinder,
                                                    state_dir, images):
-    data = pattern(8 * MiB, 9)
-    img = images()
-    glance.images.upload(img.id, io.BytesIO(data), image_size=len(data),
-                         backend='gold')
-    vol = fx.image_volume(cinder, img.id)
-    reader = start_reader(state_dir, vol.id, 1.0)      # ~8 s
-    wait_line(reader, 'attached')
-    store = test_driver.make_store(state_dir,
-                                   cinder_state_transition_timeout=2)
-    loc = gs_location.get_location_from_uri_and_backend(
-        'cinder://gold/%s' % vol.id, 'gold', conf=store.conf)
+    data, vol, reader = image_being_read(glance, cinder, images, state_dir,
+                                         1.0)      # ~8 s
+    store, loc = store_and_location(state_dir, vol.id,
+                                    cinder_state_transition_timeout=2)
     with pytest.raises(exceptions.InUseByStore, match='still attached'):
         store.delete(loc, context=test_driver.Context('x'))
     assert wait_line(reader, 'done')

@@ -36,6 +36,26 @@ def _read_volume(cinder, vol, length):
         return f.read(length)
 
 
+def upload_volume(cinder, glance, vol, timeout=300):
+    """Cinder's upload-to-image; returns the new image once active."""
+    name = 'gcs-func-%s' % uuid.uuid4().hex[:8]
+    resp = cinder.volumes.upload_to_image(
+        vol, False, name, 'bare', 'raw', visibility='private',
+        protected=False)
+    new_id = resp[1]['os-volume_upload_image']['image_id']
+
+    def active():
+        image = glance.images.get(new_id)
+        return image if image.status == 'active' else None
+    try:
+        image = fx.wait_for(active, timeout, what='image %s active' % new_id)
+    except BaseException:
+        glance.images.delete(new_id)
+        raise
+    fx.wait_volume(cinder, vol.id)
+    return image
+
+
 @pytest.mark.parametrize('user', ['admin', 'demo'])
 def test_volume_from_image_is_a_clone(gold_image, cinder, volumes, user):
     image, data = gold_image
@@ -58,17 +78,10 @@ def test_upload_to_image_by_clone_lands_in_store_of_volume_type(
     vol = volumes(size=1, imageRef=image.id, volume_type='glance-silver',
                   name='gcs-func-up-clone')
     vol = fx.wait_volume(cinder, vol.id)
-    name = 'gcs-func-%s' % uuid.uuid4().hex[:8]
     mark = fx.log_mark()
-    resp = cinder.volumes.upload_to_image(
-        vol, False, name, 'bare', 'raw', visibility='private',
-        protected=False)
-    new_id = resp[1]['os-volume_upload_image']['image_id']
+    new = upload_volume(cinder, glance, vol)
+    new_id = new.id
     try:
-        new = fx.wait_for(lambda: (lambda i: i if i.status == 'active'
-                                   else None)(glance.images.get(new_id)),
-                          what='image %s active' % new_id)
-        fx.wait_volume(cinder, vol.id)
         assert new.stores == 'silver'
         (url,) = [loc['url'] for loc in
                   service.images.get_image_locations(new_id)]
@@ -92,16 +105,9 @@ def test_data_upload_lands_in_store_named_by_volume_type(
     vol = volumes(size=1, imageRef=image.id, volume_type='glance-to-silver',
                   name='gcs-func-up-data')
     vol = fx.wait_volume(cinder, vol.id)
-    name = 'gcs-func-%s' % uuid.uuid4().hex[:8]
-    resp = cinder.volumes.upload_to_image(
-        vol, False, name, 'bare', 'raw', visibility='private',
-        protected=False)
-    new_id = resp[1]['os-volume_upload_image']['image_id']
+    new = upload_volume(cinder, glance, vol)
+    new_id = new.id
     try:
-        new = fx.wait_for(lambda: (lambda i: i if i.status == 'active'
-                                   else None)(glance.images.get(new_id)),
-                          timeout=300, what='image %s active' % new_id)
-        fx.wait_volume(cinder, vol.id)
         assert new.stores == 'silver'
         written = fx.image_volume(cinder, new_id)   # made by our add()
         assert written.volume_type == 'glance-silver'
