@@ -1,0 +1,91 @@
+"""Protocols this kernel lacks, at the os-brick boundary (mocked)."""
+
+from unittest import mock
+
+from glance_store import exceptions
+import pytest
+
+from glance_cinder_store import connectors
+from glance_cinder_store.connectors import base
+from glance_cinder_store.connectors import nfs
+from glance_cinder_store.connectors import rbd
+
+
+@pytest.fixture
+def factory(monkeypatch):
+    brick = mock.Mock()
+    brick.connect_volume.return_value = {'type': 'block',
+                                         'path': '/dev/sdx'}
+    make = mock.Mock(return_value=brick)
+    monkeypatch.setattr(base.brick_connector.InitiatorConnector, 'factory',
+                        make)
+    return make
+
+
+def connection(info, **kw):
+    kw.setdefault('root_helper', 'sudo glance-rootwrap /etc/glance/rw.conf')
+    return connectors.for_connection(info, **kw)
+
+
+ISCSI = {'driver_volume_type': 'iscsi', 'target_iqn': 'iqn.x',
+         'target_portal': '10.0.0.1:3260', 'target_lun': 1}
+
+
+def test_iscsi_uses_the_base_connection(factory):
+    conn = connection(ISCSI, use_multipath=True)
+    assert type(conn) is base.Connection and conn.local_path
+    factory.assert_called_once_with('iscsi', mock.ANY, use_multipath=True,
+                                    conn=ISCSI)
+    assert conn.connect() == {'type': 'block', 'path': '/dev/sdx'}
+    conn.brick.connect_volume.assert_called_once_with(ISCSI)
+    conn.disconnect({'path': '/dev/sdx'})
+    conn.brick.disconnect_volume.assert_called_once_with(
+        ISCSI, {'path': '/dev/sdx'}, force=True)
+    conn.brick.extend_volume.return_value = 2 * 1024 ** 3
+    assert conn.extend() == 2 * 1024 ** 3
+
+
+def test_nested_connection_info_is_unwrapped(factory):
+    nested = {'driver_volume_type': 'fibre_channel',
+              'data': {'target_wwn': ['50'], 'target_lun': 3}}
+    conn = connection(nested)
+    conn.connect()
+    conn.brick.connect_volume.assert_called_once_with(nested['data'])
+
+
+def test_encrypted_volumes_are_refused(factory):
+    volume = mock.Mock(id='v1', encrypted=True)
+    with pytest.raises(exceptions.BackendException, match='encrypted'):
+        connection(ISCSI, volume=volume).connect()
+
+
+NFS = {'driver_volume_type': 'nfs', 'export': 'srv:/vols',
+       'name': 'volume-1', 'options': None, 'format': 'raw'}
+
+
+def test_nfs_mounts_under_the_configured_base(factory):
+    conn = connection(NFS, mount_point_base='/var/lib/glance/mnt')
+    assert isinstance(conn, nfs.NfsConnection)
+    assert factory.call_args.kwargs['nfs_mount_point_base'] == (
+        '/var/lib/glance/mnt')
+    conn.brick.connect_volume.return_value = {
+        'path': '/var/lib/glance/mnt/abc/volume-1'}
+    assert conn.connect()['path'].endswith('volume-1')
+
+
+def test_nfs_qcow2_volumes_are_refused(factory):
+    conn = connection(dict(NFS, format='qcow2'))
+    with pytest.raises(exceptions.BackendException, match='qcow2'):
+        conn.connect()
+    conn.brick.connect_volume.assert_not_called()
+
+
+def test_rbd_without_local_attach_hands_over_a_handle(factory):
+    handle = object()
+    info = {'driver_volume_type': 'rbd', 'name': 'volumes/volume-1',
+            'do_local_attach': False}
+    conn = connection(info)
+    assert isinstance(conn, rbd.RbdConnection) and not conn.local_path
+    assert conn.open_target({'path': handle}, writable=False) is handle
+    local = connection(dict(info, do_local_attach=True))
+    assert local.local_path
