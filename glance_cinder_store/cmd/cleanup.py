@@ -60,6 +60,16 @@ def untracked_attachments(host_attachments, all_volumes):
             att['attachment_id'] not in known]
 
 
+def store_volumes(store, volumes):
+    """The volumes of this store's volume type (every project if allowed)."""
+    try:
+        found = volumes.client.volumes.list(search_opts={'all_tenants': 1})
+    except Exception:       # not an admin: the service project's only
+        found = volumes.client.volumes.list()
+    wanted = store.store_conf.cinder_volume_type
+    return [v for v in found if not wanted or v.volume_type == wanted]
+
+
 def main(argv=None):
     conf, stores = stores_mod.load(sys.argv[1:] if argv is None else argv,
                                    'glance-cinder-store-cleanup')
@@ -75,8 +85,7 @@ def main(argv=None):
                 print('%s: detached volume %s (its holders died)'
                       % (store_id, volume_id))
                 acted += 1
-        all_volumes = volumes.client.volumes.list(
-            search_opts={'all_tenants': 1})
+        all_volumes = store_volumes(store, volumes)
         for vol, att_id in untracked_attachments(store.attachments,
                                                  all_volumes):
             print('%s: %s attachment %s of volume %s (no record names it)'
