@@ -130,6 +130,12 @@ class _FdWriter:
             n = os.pwrite(self.fd, view, offset)
             view, offset = view[n:], offset + n
 
+    def _is_zero(self, chunk, pos):
+        # bytes == bytes is a memcmp; comparing a memoryview is ~100x
+        # slower, so slice the bytes (a cheap copy) rather than a view.
+        piece = chunk[pos:pos + ZERO_GRANULE]
+        return len(piece) % ALIGN == 0 and piece == self._zeros[:len(piece)]
+
     def write(self, chunk, offset):
         view = memoryview(chunk)
         if not self.skip_zeroes or offset % ALIGN:
@@ -137,7 +143,7 @@ class _FdWriter:
         pos = 0
         while pos < len(view):
             piece = view[pos:pos + ZERO_GRANULE]
-            if len(piece) % ALIGN == 0 and piece == self._zeros[:len(piece)]:
+            if self._is_zero(chunk, pos):
                 start = offset + pos
                 if self._pending_zero and self._pending_zero[1] == start:
                     self._pending_zero = (self._pending_zero[0],
