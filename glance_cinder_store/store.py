@@ -156,7 +156,9 @@ class Store(glance_store.driver.Store):
             return volumes.create(size_gb, name, metadata, volume_type)
         except exceptions.NotFound as e:
             if volume_type and 'type' in str(e).lower():
-                raise exceptions.BackendException(
+                # Glance answers this one with 503 and the message, and puts
+                # the image back to 'queued'.
+                raise exceptions.StorageWriteDenied(
                     'store %s: volume type %r (cinder_volume_type) does not '
                     'exist in Cinder' % (self.name, volume_type))
             raise

@@ -72,7 +72,7 @@ def test_size_mismatch_leaves_nothing(store, ctx, cinder, declared, actual):
 def test_missing_volume_type_is_a_clear_error(tmp_path, ctx, cinder):
     store = make_store(tmp_path / 'state', cinder_volume_type='no-such-type')
     image_id = str(uuid.uuid4())
-    with pytest.raises(exceptions.BackendException, match='no-such-type'):
+    with pytest.raises(exceptions.StorageWriteDenied, match='no-such-type'):
         store.add(image_id, io.BytesIO(b'z'), 1, 'sha512', context=ctx)
     assert not volumes_named(cinder, 'image-' + image_id)
 

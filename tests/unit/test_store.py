@@ -209,7 +209,7 @@ def test_add_duplicate_image(store, cinder, context):
 def test_add_missing_volume_type_is_a_clear_error(make_store, cinder,
                                                   context):
     store = make_store(cinder_volume_type='nope')
-    with pytest.raises(exceptions.BackendException, match="'nope'"):
+    with pytest.raises(exceptions.StorageWriteDenied, match="'nope'"):
         store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
     assert cinder.volumes == {}
 
