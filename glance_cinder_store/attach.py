@@ -14,6 +14,7 @@ Cinder for another attachment of the volume on this host (nova, say) and
 leave the device alone if there is one.
 """
 
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -116,6 +117,8 @@ class HostAttachments:
         self.wait_timeout = (conf.cinder_state_transition_timeout
                              if wait_timeout is None else wait_timeout)
         self._props = None
+        self._idle = {}             # volume id -> Volumes, while lingering
+        self._idle_lock = threading.Lock()
 
     # -- building blocks ------------------------------------------------
 
@@ -271,22 +274,44 @@ class HostAttachments:
                 self._detach(volumes, record)
 
     def _reap_later(self, volumes, volume_id):
-        def reap():
-            try:
-                with self.lock(volume_id):
-                    record = self._load(volumes, volume_id)
-                    if record is None:
-                        return
-                    record.prune()
-                    if not record.holders and not self._lingering(record):
-                        self._detach(volumes, record)
-            except Exception:
-                LOG.exception('volume %s: detaching after the grace period '
-                              'failed; the next user or the clean-up tool '
-                              'will retry', volume_id)
-        timer = threading.Timer(self.grace + 0.05, reap)
+        """Detach after the grace period, or when this process exits."""
+        with self._idle_lock:
+            if not self._idle:
+                atexit.register(self._reap_all)
+            self._idle[volume_id] = volumes
+        timer = threading.Timer(self.grace + 0.05, self._reap,
+                                (volume_id, False))
         timer.daemon = True
         timer.start()
+
+    def _reap(self, volume_id, now):
+        with self._idle_lock:
+            volumes = self._idle.get(volume_id)
+        if volumes is None:
+            return
+        try:
+            with self.lock(volume_id):
+                record = self._load(volumes, volume_id)
+                if record is not None:
+                    record.prune()
+                    if not record.holders and (
+                            now or not self._lingering(record)):
+                        self._detach(volumes, record)
+                        record = None
+            if record is None or record.holders:
+                with self._idle_lock:
+                    self._idle.pop(volume_id, None)
+        except Exception:
+            LOG.exception('volume %s: detaching after the grace period '
+                          'failed; the next user or the clean-up tool '
+                          'will retry', volume_id)
+
+    def _reap_all(self):
+        """At exit: nobody in this process will come back for them."""
+        with self._idle_lock:
+            pending = list(self._idle)
+        for volume_id in pending:
+            self._reap(volume_id, now=True)
 
     def _detach(self, volumes, record):
         """Undo ``record`` as far as it got: ACL, device, attachment, file."""

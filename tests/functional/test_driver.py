@@ -34,6 +34,9 @@ def make_store(state_dir, backend='gold', **overrides):
     conf(['--config-file', fx.GLANCE_CONF], project='glance')
     multi_backend.register_store_opts(conf)
     overrides.setdefault('cinder_plus_state_dir', str(state_dir))
+    # Short-lived test processes: detach as soon as the last reader is done
+    # (the grace period is for long-lived glance-api workers).
+    overrides.setdefault('cinder_plus_attach_grace_period', 0)
     for key, value in overrides.items():
         conf.set_override(key, value, group=backend)
     store = store_mod.Store(conf, backend=backend)

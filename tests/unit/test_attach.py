@@ -220,3 +220,13 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path):
     with pytest.raises(gs_exc.BadStoreConfiguration,
                        match='cinder_plus_state_dir'):
         holders.RecordStore(str(blocker))
+
+
+def test_lingering_attachment_is_detached_at_exit(make_host, cinder, volume):
+    host = make_host(cinder_plus_attach_grace_period=60)
+    with host.attach(cinder, volume, 'ro'):
+        pass
+    assert len(cinder.attachments) == 1
+    host._reap_all()            # what atexit runs
+    assert cinder.attachments == {}
+    assert fakes.FakeConnection.connected == {}

@@ -329,7 +329,35 @@ def source_info():
         return r.stdout.strip() if r.returncode == 0 else None
     dirty = git('status', '--porcelain', '--', 'glance_cinder_store')
     return {'repo': REPO, 'head': git('rev-parse', '--short', 'HEAD'),
-            'driver_source_modified': bool(dirty)}
+            'driver_source_modified': bool(dirty),
+            'driver_source_diff': (git('diff', 'HEAD', '--',
+                                       'glance_cinder_store') or '')[:20000],
+            'installed_differs': installed_differs()}
+
+
+def installed_differs():
+    """Installed modules (what glance-api runs) unlike the work tree's."""
+    import glob
+    import importlib.util
+    spec = importlib.util.find_spec('glance_cinder_store')
+    if spec is None:
+        return None
+    work = os.path.join(REPO, 'glance_cinder_store')
+    differ = []
+    for where in spec.submodule_search_locations or []:
+        if os.path.realpath(where) == os.path.realpath(work):
+            continue
+        for path in glob.glob(os.path.join(where, '**', '*.py'),
+                              recursive=True):
+            rel = os.path.relpath(path, where)
+            try:
+                with open(path, 'rb') as a, open(os.path.join(work, rel),
+                                                 'rb') as b:
+                    if a.read() != b.read():
+                        differ.append(rel)
+            except OSError:
+                differ.append(rel)
+    return sorted(differ)
 
 
 def dump_json(path, data):

@@ -15,7 +15,6 @@ volume a crashed child left behind.
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -26,7 +25,8 @@ import time
 import uuid
 
 from bench_lib import common
-from bench_lib.common import GiB, MiB, log
+from bench_lib.common import log
+from bench_lib.common import MiB
 
 
 class Context:
@@ -313,10 +313,30 @@ def run_child(spec):
                       spec.get('overrides'))
         out = run_scenarios(bench, spec)
     if spec['driver'].startswith('ours'):
+        # the work tree may change under a long run: say what this child ran
         import glance_cinder_store.store as m
         out['driver_source'] = os.path.dirname(m.__file__)
+        out['driver_source_info'] = common.source_info()
+        out['driver_source_info'].pop('installed_differs', None)
     with open(spec['out'], 'w') as f:
         json.dump(out, f)
+
+
+def _attempt(out, name, fn, tries=2):
+    """Run a scenario; on failure log, record the error and try once more.
+
+    A failure is a finding (it goes into the JSON's ``errors``), not a
+    reason to lose the rest of the run.
+    """
+    for i in range(tries):
+        try:
+            return fn()
+        except Exception as e:
+            msg = '%s: %s' % (type(e).__name__, e)
+            out.setdefault('errors', []).append({'scenario': name,
+                                                 'error': msg[:500]})
+            log('%s FAILED (try %d/%d): %s' % (name, i + 1, tries, msg))
+    return None
 
 
 def run_scenarios(bench, spec):
@@ -330,31 +350,39 @@ def run_scenarios(bench, spec):
     def want(s):
         return only is None or s in only
 
-    # warm up: token, microversion, privsep, first attach
-    with bench.image(small, small):
-        pass
+    def warm_up():
+        # token, microversion, privsep, first attach
+        with bench.image(small, small):
+            pass
+    _attempt(out, 'warm_up', warm_up)
 
-    # First measured add in this process: its ru_maxrss growth is the
-    # peak extra memory of adding 4 GiB (75% zero blocks, known size).
-    if want('sparse_known'):
+    # First measured add in this process: its peak RSS growth is the extra
+    # memory of adding 4 GiB (75% zero blocks, known size).
+    def sparse_known():
         log('%s: add %d MiB, 75%% zero blocks, known size'
             % (name, sparse // MiB))
         with bench.image(sparse, sparse, 0.75) as (res, loc):
-            out['sparse_known'] = res
+            pass
+        out['sparse_known'] = res
         log('%s:   %.0f MB/s, allocated %.0f MiB, RSS +%.1f MiB'
             % (name, res['mbps'], (res['allocated_bytes'] or 0) / MiB,
                res['rss_growth_mib']))
+    if want('sparse_known'):
+        _attempt(out, 'sparse_known', sparse_known)
 
-    if want('sparse_unknown'):
+    def sparse_unknown():
         log('%s: add %d MiB, 75%% zero blocks, unknown size'
             % (name, sparse // MiB))
         with bench.image(sparse, 0, 0.75) as (res, loc):
-            out['sparse_unknown'] = res
+            pass
+        out['sparse_unknown'] = res
         log('%s:   %.0f MB/s, %d attach cycle(s), %d extend(s), %d GiB'
             % (name, res['mbps'], res['attach_cycles'], res['extends'],
                res['volume_gb']))
+    if want('sparse_unknown'):
+        _attempt(out, 'sparse_unknown', sparse_unknown)
 
-    if want('known') or want('download'):
+    def known():
         log('%s: add %d MiB random, known size' % (name, big // MiB))
         with bench.image(big, big) as (res, loc):
             out['known'] = res
@@ -367,23 +395,38 @@ def run_scenarios(bench, spec):
                 log('%s: get %d MiB: %.0f MB/s, first byte %.3f s'
                     % (name, big // MiB, out['download']['mbps'],
                        out['download']['first_byte_s']))
+    if want('known') or want('download'):
+        _attempt(out, 'known', known)
 
-    if want('unknown'):
+    def unknown():
         log('%s: add %d MiB random, unknown size' % (name, big // MiB))
         with bench.image(big, 0) as (res, loc):
-            out['unknown'] = res
+            pass
+        out['unknown'] = res
         log('%s:   %.0f MB/s' % (name, res['mbps']))
+    if want('unknown'):
+        _attempt(out, 'unknown', unknown)
 
-    if want('small'):
+    def small_images():
         adds, gets, deletes = [], [], []
+        res = None
         for _ in range(spec.get('small_count', 5)):
-            with bench.image(small, small) as (res, loc):
-                adds.append(res['seconds'])
-                g = bench.get(loc)
-                gets.append(g['seconds'])
+            def one():
+                with bench.image(small, small) as (r, loc):
+                    g = bench.get(loc)
+                return r, g
+            got = _attempt(out, 'small', one)
+            if got is None:
+                continue
+            res, g = got
+            adds.append(res['seconds'])
+            gets.append(g['seconds'])
             deletes.append(res['delete_s'])
         out['small'] = {'add_s': adds, 'get_s': gets, 'delete_s': deletes,
-                        'add_phases': res['phases']}
+                        'add_phases': res and res['phases']}
         log('%s: 1 MiB add %.3f s, get %.3f s (medians of %d)'
-            % (name, common.median(adds), common.median(gets), len(adds)))
+            % (name, common.median(adds) or 0, common.median(gets) or 0,
+               len(adds)))
+    if want('small'):
+        small_images()
     return out

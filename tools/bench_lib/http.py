@@ -58,6 +58,11 @@ class Api:
         self._lock = threading.Lock()
         self._token = common.on_cleanup('images made through the API',
                                         self.delete_all)
+        stale = [i.id for i in self.glance.images.list()
+                 if (i.get('name') or '').startswith(NAME_PREFIX)]
+        if stale:
+            log('deleting %d image(s) an earlier run left' % len(stale))
+            self.delete(stale)
 
     @staticmethod
     def cinder_only():
@@ -138,6 +143,48 @@ class Api:
             left = list(self.made)
         if left:
             self.delete(left)
+
+
+BENCH_OWNER = 'gcs-bench'     # the project id of the driver level's context
+
+
+def sweep_leftovers(cinder, image_ids=(), timeout=300):
+    """Delete volumes this tool made and left (a crash, a cloud restart).
+
+    Ours are those named ``image-<id>`` for a journaled id, and those whose
+    ``image_owner`` metadata is the driver level's made-up project.  Retries
+    while Cinder is unreachable (it may be restarting), up to ``timeout``.
+    """
+    from cinderclient import exceptions as cexc
+    from keystoneauth1 import exceptions as ks_exc
+    names = {'image-%s' % i for i in image_ids}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for vol in cinder.volumes.list(search_opts={'all_tenants': 1}):
+                if not (vol.name in names or (vol.metadata or {}).get(
+                        'image_owner') == BENCH_OWNER):
+                    continue
+                if vol.status == 'deleting':
+                    continue
+                log('deleting volume %s (%s) left behind' % (vol.id,
+                                                             vol.status))
+                for att in vol.attachments:
+                    cinder.attachments.delete(att['attachment_id'])
+                try:
+                    cinder.volumes.delete(vol.id)
+                except cexc.BadRequest:
+                    cinder.volumes.reset_state(vol.id, 'available')
+                    cinder.volumes.delete(vol.id)
+            return
+        except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout,
+                cexc.ClientException) as e:
+            if time.monotonic() > deadline:
+                log('could not clean up volumes: %s' % e)
+                return
+            log('Cinder unreachable while cleaning up (%s); retrying' %
+                type(e).__name__)
+            time.sleep(5)
 
 
 def _parallel(fns):

@@ -186,11 +186,35 @@ def hash_limits(size):
     return out
 
 
+def memory_first_touch(size=512 * common.MiB):
+    """MB/s of touching fresh anonymous memory, then the same pages again.
+
+    On a VM whose host backs guest memory lazily (and takes free pages back,
+    virtio-balloon free page reporting) the first touch is slow; every
+    buffered write into a fresh page cache pays it.
+    """
+    buf = mmap.mmap(-1, size)
+    try:
+        page = mmap.PAGESIZE
+        t = time.monotonic()
+        for off in range(0, size, page):
+            buf[off] = 1
+        first = size / (time.monotonic() - t) / MB
+        t = time.monotonic()
+        for off in range(0, size, page):
+            buf[off] = 2
+        again = size / (time.monotonic() - t) / MB
+    finally:
+        buf.close()
+    return {'mem_first_touch_mbps': first, 'mem_touch_again_mbps': again}
+
+
 def run_limits(size):
     log('limits: loop device write/read of %d MiB' % (size // common.MiB))
     out = device_limits(size)
     log('limits: hashes over %d MiB' % (size // common.MiB))
     out.update(hash_limits(size))
+    out.update(memory_first_touch())
     log('limits: ' + ', '.join('%s=%.0f' % (k, v)
                                for k, v in sorted(out.items())))
     return out
