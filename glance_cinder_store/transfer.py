@@ -18,7 +18,6 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
-import hashlib
 import mmap
 import os
 import queue
@@ -472,9 +471,3 @@ def _read_ahead(iterator, depth):
             except queue.Empty:
                 pass
             thread.join(0.05)
-
-
-def hexdigests(data, hashing_algo='sha512'):
-    """md5 and multihash of bytes, for tests and checks."""
-    return (hashlib.md5(data, usedforsecurity=False).hexdigest(),
-            hashlib.new(hashing_algo, data).hexdigest())
