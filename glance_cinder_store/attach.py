@@ -163,32 +163,31 @@ class HostAttachments:
 
     def release_idle(self, volumes, volume_id):
         """Detach a lingering attachment nobody uses; True if none is left."""
-        with self.lock(volume_id):
-            record = self._load(volumes, volume_id)
-            if record is None:
-                return True
-            record.prune()
-            if record.holders:
-                self.records.save(record)
-                return False
-            self._detach(volumes, record)
-            return True
+        return self._detach_unused(volumes, volume_id) != 'held'
 
     def recover(self, volumes):
         """Undo every attachment of this host whose holders all died."""
-        undone = []
-        for volume_id in self.records.volume_ids():
-            with self.lock(volume_id):
-                record = self._load(volumes, volume_id)
-                if record is None:
-                    continue
-                record.prune()
-                if not record.holders and not self._lingering(record):
-                    self._detach(volumes, record)
-                    undone.append(volume_id)
-                else:
-                    self.records.save(record)
-        return undone
+        return [volume_id for volume_id in self.records.volume_ids()
+                if self._detach_unused(volumes, volume_id,
+                                       spare_lingering=True) == 'detached']
+
+    def _detach_unused(self, volumes, volume_id, spare_lingering=False):
+        """Detach ``volume_id`` if no live holder is left.
+
+        Returns 'absent' (no record), 'detached', 'held' (live holders) or
+        'lingering' (idle within its grace period, when ``spare_lingering``).
+        """
+        with self.lock(volume_id):
+            record = self._load(volumes, volume_id)
+            if record is None:
+                return 'absent'
+            record.prune()
+            if record.holders or (spare_lingering and
+                                  self._lingering(record)):
+                self.records.save(record)
+                return 'held' if record.holders else 'lingering'
+            self._detach(volumes, record)
+            return 'detached'
 
     # -- the critical sections ----------------------------------------------
 
@@ -290,15 +289,9 @@ class HostAttachments:
         if volumes is None:
             return
         try:
-            with self.lock(volume_id):
-                record = self._load(volumes, volume_id)
-                if record is not None:
-                    record.prune()
-                    if not record.holders and (
-                            now or not self._lingering(record)):
-                        self._detach(volumes, record)
-                        record = None
-            if record is None or record.holders:
+            outcome = self._detach_unused(volumes, volume_id,
+                                          spare_lingering=not now)
+            if outcome != 'lingering':      # else the exit hook retries
                 with self._idle_lock:
                     self._idle.pop(volume_id, None)
         except Exception:
