@@ -154,6 +154,19 @@ def wait_http(url, timeout):
             time.sleep(0.3)
 
 
+def _configured_backends():
+    """Backends cinder.conf enables now; a service of a backend removed
+    from the configuration stays registered (down) and is not ours to
+    judge."""
+    import configparser
+    conf = configparser.ConfigParser(interpolation=None, strict=False)
+    root = os.environ.get('AIO_ROOT', '/opt/gcs-aio')
+    if not conf.read(os.path.join(root, 'etc', 'cinder', 'cinder.conf')):
+        return None
+    value = conf.get('DEFAULT', 'enabled_backends', fallback='')
+    return {b.strip() for b in value.split(',') if b.strip()} or None
+
+
 def status():
     ok = True
 
@@ -180,8 +193,11 @@ def status():
         cinder = cinder_client.Client('3.0', session=sess, region_name=REGION)
         services = cinder.services.list()
         line('cinder-api', True, 'http://%s:8776/v3' % IP)
+        backends = _configured_backends()
         for binary in ('cinder-scheduler', 'cinder-volume'):
-            mine = [s for s in services if s.binary == binary]
+            mine = [s for s in services if s.binary == binary and (
+                binary != 'cinder-volume' or backends is None or
+                s.host.partition('@')[2] in backends)]
             up = mine and all(s.state == 'up' and s.status == 'enabled'
                               for s in mine)
             line(binary, bool(up), ', '.join(
