@@ -199,10 +199,6 @@ class Volumes:
         with translated_errors('volume %s' % volume_id):
             return self.client.volumes.get(volume_id)
 
-    def find_by_name(self, name):
-        with translated_errors('looking up volume %s' % name):
-            return self.client.volumes.list(search_opts={'name': name})
-
     def create(self, size_gb, name, metadata, volume_type):
         with translated_errors('creating volume %s' % name):
             return self.client.volumes.create(

@@ -119,11 +119,23 @@ class Store(glance_store.driver.Store):
     @capabilities.check
     def add(self, image_id, image_file, image_size, hashing_algo,
             context=None, verifier=None):
+        """Write the image onto a new volume ``image-<id>`` of this store.
+
+        No check for an existing ``image-<id>`` volume, like the built-in
+        driver, and no Cinder call spent on one.  Such volumes are
+        legitimate: the same image in another store (another volume type:
+        import to several stores, copy-image), or the volume of a failed
+        upload still being deleted (or left marked by a crash) when the
+        upload is retried.  A real duplicate, a second complete copy in
+        *this* store, is something Glance never asks for: an upload moves
+        the image queued -> saving with a conditional update, imports hold
+        the image's import lock, copy-image refuses (or, with all_stores,
+        skips) stores the image is already in, and image ids are never
+        reused.  A listing could not close the race anyway (Cinder names
+        are not unique), and non-admin listings may ignore ``name=``.
+        """
         volumes = self._volumes(context)
         name = 'image-%s' % image_id
-        if volumes.find_by_name(name):
-            raise exceptions.Duplicate(
-                'image %s already has a volume (%s)' % (image_id, name))
         metadata = {'glance_image_id': image_id,
                     'image_size': str(image_size)}
         if context is not None and context.project_id:

@@ -95,10 +95,6 @@ class FakeVolumes:
                 'in-use' if vol.attachments else 'available')
         return vol.snapshot()
 
-    def find_by_name(self, name):
-        self._call('find_by_name', name)
-        return [v.snapshot() for v in self.volumes.values() if v.name == name]
-
     def wait_for(self, volume, wanted, transitional, timeout=None):
         self._call('wait_for', volume.id, wanted)
         vol = self.get(volume.id)

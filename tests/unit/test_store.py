@@ -12,6 +12,7 @@ import pytest
 from glance_cinder_store import store as store_mod
 from tests.unit import fakes
 
+MiB = 1024 * 1024
 IMAGE_ID = '4b7a7dd8-5b2c-4a5d-9c9c-0a9c2b0e6a11'
 
 
@@ -199,11 +200,42 @@ def test_add_stream_error_midway_deletes_volume(store, cinder, context):
     no_leaks(cinder)
 
 
-def test_add_duplicate_image(store, cinder, context):
+def test_add_same_image_into_a_second_store(make_store, cinder, context):
+    """Import to all stores / copy-image: one volume per store's type."""
+    gold = make_store()
+    silver = make_store(cinder_volume_type='silver-type')
+    data = data_of(MiB + 3)
+    for store in (gold, silver):
+        result = store.add(IMAGE_ID, io.BytesIO(data), len(data), 'sha512',
+                           context=context)
+        assert result[1] == len(data)
+    vols = sorted(cinder.volumes.values(), key=lambda v: v.volume_type)
+    assert [(v.name, v.volume_type) for v in vols] == [
+        ('image-%s' % IMAGE_ID, 'gold-type'),
+        ('image-%s' % IMAGE_ID, 'silver-type')]
+    no_leaks(cinder)
+
+
+@pytest.mark.parametrize('status', ['deleting', 'available', 'error'])
+def test_add_retry_beside_an_old_volume_of_the_image(store, cinder, context,
+                                                     status):
+    """A failed upload's volume (being deleted, or left by a crash)."""
+    old = cinder.create(1, 'image-%s' % IMAGE_ID,
+                        {'glance_image_id': IMAGE_ID,
+                         store_mod.UPLOAD_MARK: 'host=h pid=1'},
+                        'gold-type')
+    cinder.volumes[old.id].status = status
+    url = store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512',
+                    context=context)[0]
+    assert url != 'cinder://gold/%s' % old.id
+    assert len(cinder.volumes) == 2
+    no_leaks(cinder)
+
+
+def test_add_costs_no_lookup_before_create(store, cinder, context):
+    """No listing of image-<id> volumes: the first Cinder call creates."""
     store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
-    with pytest.raises(exceptions.Duplicate):
-        store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
-    assert len(cinder.volumes) == 1
+    assert cinder.calls[0][:3] == ('create', 1, 'image-%s' % IMAGE_ID)
 
 
 def test_add_missing_volume_type_is_a_clear_error(make_store, cinder,

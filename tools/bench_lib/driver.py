@@ -160,7 +160,6 @@ class Bench:
         t.wrap(cinder.Volumes, 'extend', 'volume_extend')
         t.wrap(cinder.Volumes, 'replace_metadata', 'volume_metadata')
         t.wrap(cinder.Volumes, 'set_readonly', 'volume_readonly')
-        t.wrap(cinder.Volumes, 'find_by_name', 'volume_find')
         t.wrap(cinder.Volumes, 'get', 'volume_get')
         t.wrap(attach.HostAttachments, '_attach_new', 'attach')
         t.wrap(attach.HostAttachments, '_detach', 'detach')
