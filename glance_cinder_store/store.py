@@ -217,7 +217,10 @@ class Store(glance_store.driver.Store):
     def get(self, location, offset=0, chunk_size=None, context=None):
         volume_id = location.store_location.volume_id
         volumes = self._volumes(context)
-        volume = volumes.get(volume_id)
+        try:
+            volume = volumes.get(volume_id)
+        except exceptions.NotFound as e:
+            raise self._not_visible(e, volume_id, context)
         size = image_size(volume)
         if offset < 0 or offset > size:
             raise exceptions.BackendException(
@@ -237,6 +240,18 @@ class Store(glance_store.driver.Store):
                 attached.target, offset, length,
                 chunk_size=self.store_conf.cinder_plus_io_chunk_size,
                 queue_depth=self.store_conf.cinder_plus_io_queue_depth)
+
+    def _not_visible(self, error, volume_id, context):
+        """Say why a reader may not see the volume in per-user mode."""
+        if self.clients.uses_service_credentials or context is None:
+            return error
+        return exceptions.NotFound(
+            'store %s: volume %s is not visible to project %s: without '
+            'cinder_store_* credentials (per-user mode) an image volume '
+            'lives in its owner\'s project and only that project and admins '
+            'can read it; share images through a store with service '
+            'credentials (%s)' % (self.name, volume_id, context.project_id,
+                                  error))
 
     def get_size(self, location, context=None):
         volume_id = location.store_location.volume_id

@@ -306,6 +306,18 @@ def test_get_size_and_not_found(store, cinder, context):
         store.delete(loc, context=context)
 
 
+def test_get_in_per_user_mode_says_why_a_member_cannot_read(
+        make_store, cinder, context):
+    store = make_store(cinder_store_user_name=None)
+    loc = _stored(store, context, b'abcd')
+    (vol,) = cinder.volumes.values()
+    # what another project's token gets from Cinder
+    cinder.fail['get'] = exceptions.NotFound('volume %s: not found' % vol.id)
+    with pytest.raises(exceptions.NotFound, match='per-user mode') as err:
+        store.get(loc, context=context)
+    assert vol.id in str(err.value) and 'proj-1' in str(err.value)
+
+
 def test_get_size_other_errors_give_zero(store, cinder, context):
     loc = _stored(store, context, b'abcd')
     cinder.fail['get'] = exceptions.BackendException('boom')
