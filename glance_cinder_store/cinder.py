@@ -172,6 +172,11 @@ class CinderClientFactory:
         self._server_version = highest
 
     @property
+    def server_version(self):
+        """Cinder's highest microversion, once a client has asked for it."""
+        return self._server_version
+
+    @property
     def online_extend_supported(self):
         return (self._server_version is not None and
                 self._server_version >= ONLINE_EXTEND_VERSION)
@@ -198,6 +203,27 @@ class Volumes:
     def get(self, volume_id):
         with translated_errors('volume %s' % volume_id):
             return self.client.volumes.get(volume_id)
+
+    def list_all(self):
+        """Every volume these credentials see: all projects' if allowed."""
+        try:
+            with translated_errors('listing the volumes of all projects'):
+                return self.client.volumes.list(
+                    search_opts={'all_tenants': 1})
+        except exceptions.Forbidden:
+            LOG.debug('not allowed to list all projects\' volumes; listing '
+                      'the service project\'s only')
+        with translated_errors('listing volumes'):
+            return self.client.volumes.list()
+
+    def volume_type(self, name):
+        """The volume type called ``name``; NotFound if Cinder has none."""
+        with translated_errors('volume type %s' % name):
+            return self.client.volume_types.find(name=name)
+
+    def default_volume_type(self):
+        with translated_errors('Cinder\'s default volume type'):
+            return self.client.volume_types.default()
 
     def create(self, size_gb, name, metadata, volume_type):
         with translated_errors('creating volume %s' % name):

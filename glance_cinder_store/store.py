@@ -51,7 +51,7 @@ def _upload_mark():
             timespec='seconds'))
 
 
-class Store(glance_store.driver.Store):
+class CinderStore(glance_store.driver.Store):
     """Images as Cinder volumes, attached to this host with os-brick."""
 
     _CAPABILITIES = (capabilities.BitMasks.READ_RANDOM |
@@ -90,7 +90,8 @@ class Store(glance_store.driver.Store):
             self._attachments = attach.HostAttachments(self.store_conf)
         return self._attachments
 
-    def _volumes(self, context):
+    def volumes(self, context=None):
+        """The Cinder calls of this store, as the service or ``context``."""
         conf = self.store_conf
         return cinder.Volumes(self.clients.client(context),
                               conf.cinder_state_transition_timeout,
@@ -106,7 +107,7 @@ class Store(glance_store.driver.Store):
         if not volume_type or not self.clients.uses_service_credentials:
             return
         try:
-            self._volumes(None).client.volume_types.find(name=volume_type)
+            self.volumes().volume_type(volume_type)
         except Exception as e:
             # Cinder may simply not be up yet: warn, and let add() fail
             # with a clear error if the type really is missing.
@@ -134,7 +135,7 @@ class Store(glance_store.driver.Store):
         reused.  A listing could not close the race anyway (Cinder names
         are not unique), and non-admin listings may ignore ``name=``.
         """
-        volumes = self._volumes(context)
+        volumes = self.volumes(context)
         name = 'image-%s' % image_id
         metadata = {'glance_image_id': image_id,
                     'image_size': str(image_size)}
@@ -216,7 +217,7 @@ class Store(glance_store.driver.Store):
     @capabilities.check
     def get(self, location, offset=0, chunk_size=None, context=None):
         volume_id = location.store_location.volume_id
-        volumes = self._volumes(context)
+        volumes = self.volumes(context)
         try:
             volume = volumes.get(volume_id)
         except exceptions.NotFound as e:
@@ -256,7 +257,7 @@ class Store(glance_store.driver.Store):
     def get_size(self, location, context=None):
         volume_id = location.store_location.volume_id
         try:
-            return image_size(self._volumes(context).get(volume_id))
+            return image_size(self.volumes(context).get(volume_id))
         except exceptions.NotFound:
             raise
         except Exception:
@@ -269,7 +270,7 @@ class Store(glance_store.driver.Store):
     @capabilities.check
     def delete(self, location, context=None):
         volume_id = location.store_location.volume_id
-        volumes = self._volumes(context)
+        volumes = self.volumes(context)
         volumes.get(volume_id)      # NotFound for Glance to ignore
         self.attachments.release_idle(volumes, volume_id)
         volume = self._wait_unattached(volumes, volume_id)
@@ -303,16 +304,20 @@ class Store(glance_store.driver.Store):
     def is_image_associated_with_store(self, context, volume_id):
         """True when the volume's type is this store's volume type."""
         try:
-            volumes = self._volumes(context)
+            volumes = self.volumes(context)
             volume = volumes.get(volume_id)
             wanted = self.store_conf.cinder_volume_type
             if not wanted:
-                wanted = volumes.client.volume_types.default().name
+                wanted = volumes.default_volume_type().name
             return volume.volume_type == wanted
         except Exception as e:
             LOG.debug('store %s: volume %s not associated: %s', self.name,
                       volume_id, e)
             return False
+
+
+#: The class's earlier name, for code and entry points that still use it.
+Store = CinderStore
 
 
 def _check_device(target, volume, image_size):

@@ -19,18 +19,18 @@ def _checks(store_id, store):
     conf = store.store_conf
 
     def cinder_api():
-        client = store.clients.client(None)
-        version = store.clients._server_version.get_string()
+        volumes = store.volumes()
+        version = store.clients.server_version.get_string()
         extend = ('online extend available' if
                   store.clients.online_extend_supported else
                   'no online extend')
-        return client, 'Cinder API up to %s (%s)' % (version, extend)
+        return volumes, 'Cinder API up to %s (%s)' % (version, extend)
 
-    def volume_type(client):
+    def volume_type(volumes):
         name = conf.cinder_volume_type
         if not name:
             return 'no cinder_volume_type: Cinder\'s default type is used'
-        vtype = client.volume_types.find(name=name)
+        vtype = volumes.volume_type(name)
         return 'volume type %r exists (%s)' % (
             name, 'multiattach' if 'multiattach' in str(
                 vtype.extra_specs) else 'not multiattach: readers on '
@@ -67,15 +67,15 @@ def main(argv=None):
         return 1
     failed = 0
     for store_id, store in stores.items():
-        client = None
+        volumes = None
         for name, check in _checks(store_id, store):
             try:
                 if name == 'volume type':
-                    if client is None:
+                    if volumes is None:
                         raise RuntimeError('skipped: Cinder unreachable')
-                    message = check(client)
+                    message = check(volumes)
                 elif name == 'cinder':
-                    client, message = check()
+                    volumes, message = check()
                 else:
                     message = check()
                 print('OK    %-8s %-12s %s' % (store_id, name, message))

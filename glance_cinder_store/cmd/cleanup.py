@@ -62,10 +62,7 @@ def untracked_attachments(host_attachments, all_volumes):
 
 def store_volumes(store, volumes):
     """The volumes of this store's volume type (every project if allowed)."""
-    try:
-        found = volumes.client.volumes.list(search_opts={'all_tenants': 1})
-    except Exception:       # not an admin: the service project's only
-        found = volumes.client.volumes.list()
+    found = volumes.list_all()
     wanted = store.store_conf.cinder_volume_type
     return [v for v in found if not wanted or v.volume_type == wanted]
 
@@ -76,7 +73,7 @@ def main(argv=None):
     dry = conf.dry_run
     acted = 0
     for store_id, store in stores.items():
-        volumes = store._volumes(None)
+        volumes = store.volumes()
         if dry:
             print('%s: would check %d attachment record(s)' % (
                 store_id, len(store.attachments.records.volume_ids())))

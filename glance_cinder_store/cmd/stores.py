@@ -23,9 +23,10 @@ def load(argv, description):
         multi_backend.register_store_opts(conf)
         for store_id, kind in conf.enabled_backends.items():
             if kind == store_mod.TYPE_NAME:
-                stores[store_id] = store_mod.Store(conf, backend=store_id)
+                stores[store_id] = store_mod.CinderStore(conf,
+                                                         backend=store_id)
     else:
         backend.register_opts(conf)
         if store_mod.TYPE_NAME in conf.glance_store.stores:
-            stores[store_mod.TYPE_NAME] = store_mod.Store(conf)
+            stores[store_mod.TYPE_NAME] = store_mod.CinderStore(conf)
     return conf, stores

@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 import uuid
 
@@ -28,8 +29,10 @@ CINDER_LOG = os.environ.get(
 GLANCE_CONF = os.environ.get('GCS_GLANCE_CONF', '/etc/glance/glance-api.conf')
 USERS = {'admin': 'admin', 'demo': 'demo', 'other': 'other',
          'glance': 'service'}
-TYPES = {'gold': 'glance-gold', 'silver': 'glance-silver',
-         'builtin': 'glance-builtin'}
+sys.path.insert(0, os.path.join(REPO, 'tools'))
+from aio_lib import names  # noqa: E402  (tools/ is not installed)
+
+TYPES = names.TYPES
 
 
 def _cloud_env():

@@ -242,7 +242,7 @@ def test_cleanup_tool_recovers_without_a_next_reader(image, cinder,
     proc.wait()
     assert our_attachments(cinder, vol.id)
     store, _ = store_and_location(state_dir, vol.id)
-    assert store.attachments.recover(store._volumes(None)) == [vol.id]
+    assert store.attachments.recover(store.volumes()) == [vol.id]
     assert_clean(cinder, vol.id, state_dir)
 
 

@@ -39,7 +39,7 @@ def make_store(state_dir, backend='gold', **overrides):
     overrides.setdefault('cinder_plus_attach_grace_period', 0)
     for key, value in overrides.items():
         conf.set_override(key, value, group=backend)
-    store = store_mod.Store(conf, backend=backend)
+    store = store_mod.CinderStore(conf, backend=backend)
     store.configure()
     gs_location.register_scheme_backend_map({'cinder': {backend: {
         'store': store, 'location_class': store_mod.StoreLocation,

@@ -66,8 +66,8 @@ def cinder(tmp_path, monkeypatch):
 def make_store(tmp_path, cinder, monkeypatch):
     def make(**overrides):
         conf = make_conf(tmp_path, **overrides)
-        store = store_mod.Store(conf, backend='gold')
-        monkeypatch.setattr(store, '_volumes', lambda context: cinder)
+        store = store_mod.CinderStore(conf, backend='gold')
+        monkeypatch.setattr(store, 'volumes', lambda context=None: cinder)
         store.configure()
         return store
     return make

@@ -58,7 +58,6 @@ class FakeVolumes:
         self.types = {'gold-type', 'silver-type', None}
         self.default_type = '__DEFAULT__'
         self._ids = itertools.count()
-        self.client = self   # for volumes.client.attachments.show etc.
 
     def _call(self, name, *args):
         self.calls.append((name,) + args)
@@ -75,9 +74,22 @@ class FakeVolumes:
         path = os.path.join(self.dir, 'volume-' + vid)
         with open(path, 'wb') as f:
             f.truncate(size_gb * units.Gi)
-        vol = FakeVolume(vid, size_gb, name, metadata, volume_type, path)
+        # Cinder gives an untyped volume its default type
+        vol = FakeVolume(vid, size_gb, name, metadata,
+                         volume_type or self.default_type, path)
         self.volumes[vid] = vol
         return vol.snapshot()
+
+    def volume_type(self, name):
+        self._call('volume_type', name)
+        if name not in self.types:
+            raise exceptions.NotFound('volume type %s: not found' % name)
+        return type('VolumeType', (), {'name': name, 'extra_specs': {}})
+
+    def default_volume_type(self):
+        self._call('default_volume_type')
+        return type('VolumeType', (), {'name': self.default_type,
+                                       'extra_specs': {}})
 
     def _vol(self, volume_id):
         try:

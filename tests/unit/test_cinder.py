@@ -166,3 +166,29 @@ def test_attachment_create_retries_while_volume_is_busy():
         cinder.Volumes(client, 1, attach_retries=2).attachment_create(
             'v', 'ro')
     assert client.attachments.create.call_count == 3 + 3
+
+
+def test_list_all_falls_back_to_own_project_when_forbidden():
+    client = mock.Mock()
+    client.volumes.list.side_effect = [cinder_exc.Forbidden(403), ['mine']]
+    assert cinder.Volumes(client, 1).list_all() == ['mine']
+    assert client.volumes.list.call_args_list == [
+        mock.call(search_opts={'all_tenants': 1}), mock.call()]
+
+
+def test_list_all_other_errors_are_translated():
+    client = mock.Mock()
+    client.volumes.list.side_effect = ks_exc.ConnectFailure('refused')
+    with pytest.raises(exceptions.BackendException, match='cannot reach'):
+        cinder.Volumes(client, 1).list_all()
+
+
+def test_volume_type_lookups_are_translated():
+    client = mock.Mock()
+    client.volume_types.find.side_effect = cinder_exc.NotFound(404)
+    client.volume_types.default.side_effect = cinder_exc.ClientException(500)
+    vols = cinder.Volumes(client, 1)
+    with pytest.raises(exceptions.NotFound, match='volume type gold'):
+        vols.volume_type('gold')
+    with pytest.raises(exceptions.BackendException, match='default'):
+        vols.default_volume_type()

@@ -67,7 +67,7 @@ cinder_store_project_name = service
     multi_backend.register_store_opts(conf)   # no DuplicateOptError
     multi_backend.create_multi_stores(conf)
     gold = multi_backend.get_store_from_store_identifier('gold')
-    assert isinstance(gold, store_mod.Store)
+    assert isinstance(gold, store_mod.CinderStore)
     assert gold.store_conf.cinder_volume_type == 'gold-type'
     other = multi_backend.get_store_from_store_identifier('builtin')
     assert isinstance(other, builtin.Store)
@@ -108,5 +108,5 @@ cinder_plus_state_dir = %s
     backend.create_stores(conf)
     backend.verify_default_store()
     store = backend.get_store_from_scheme('cinder')
-    assert isinstance(store, store_mod.Store)
+    assert isinstance(store, store_mod.CinderStore)
     assert store.url_prefix == 'cinder://'

@@ -234,6 +234,7 @@ def test_add_retry_beside_an_old_volume_of_the_image(store, cinder, context,
 
 def test_add_costs_no_lookup_before_create(store, cinder, context):
     """No listing of image-<id> volumes: the first Cinder call creates."""
+    cinder.calls.clear()        # configure_add's look at the volume type
     store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha512', context=context)
     assert cinder.calls[0][:3] == ('create', 1, 'image-%s' % IMAGE_ID)
 
@@ -361,6 +362,21 @@ def test_is_image_associated_with_store(store, cinder, context):
     assert not store.is_image_associated_with_store(context, vid)
     assert not store.is_image_associated_with_store(
         context, '00000000-0000-0000-0000-000000000000')
+
+
+def test_untyped_store_owns_volumes_of_cinders_default_type(
+        make_store, cinder, context):
+    store = make_store(cinder_volume_type=None)
+    vid = _stored(store, context, b'abcd').store_location.volume_id
+    assert store.is_image_associated_with_store(context, vid)
+    cinder.default_type = 'another-default'
+    assert not store.is_image_associated_with_store(context, vid)
+
+
+def test_configure_add_warns_of_a_missing_volume_type(make_store, caplog):
+    make_store(cinder_volume_type='no-such-type')
+    assert "volume type 'no-such-type'" in caplog.text
+    assert 'not found' in caplog.text
 
 
 def test_store_exposes_what_glance_reads(store):

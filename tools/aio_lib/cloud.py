@@ -20,6 +20,8 @@ import time
 import urllib.error
 import urllib.request
 
+from aio_lib import names
+
 IP = os.environ.get('AIO_IP', '127.0.0.1')
 PASSWORD = os.environ.get('AIO_PASSWORD', 'aio-secret')
 AUTH_URL = 'http://%s:5000/v3' % IP
@@ -40,15 +42,12 @@ SERVICES = {  # name: (type, url)
 }
 IMAGE_TYPE_SPECS = {'volume_backend_name': BACKEND,
                     'multiattach': '<is> True'}
-VOLUME_TYPES = {
-    'glance-gold': dict(IMAGE_TYPE_SPECS),
-    'glance-silver': dict(IMAGE_TYPE_SPECS),
-    'glance-builtin': dict(IMAGE_TYPE_SPECS),
-}
+VOLUME_TYPES = {name: dict(IMAGE_TYPE_SPECS)
+                for name in names.TYPES.values()}
 # created once glance answers: cinder validates the store id against glance
 STORE_VOLUME_TYPES = {
-    'glance-to-silver': {'volume_backend_name': BACKEND,
-                         'image_service:store_id': 'silver'},
+    names.TO_SILVER_TYPE: {'volume_backend_name': BACKEND,
+                           'image_service:store_id': names.SILVER},
 }
 
 

@@ -30,6 +30,10 @@ from glanceclient import client as glance_client
 from keystoneauth1.identity import v3
 from keystoneauth1 import session as ks_session
 
+from aio_lib import names
+
+GOLD, SILVER = names.GOLD, names.SILVER
+
 AIO_ROOT = os.environ.get('AIO_ROOT', '/opt/gcs-aio')
 IP = os.environ.get('AIO_IP', '127.0.0.1')
 PASSWORD = os.environ.get('AIO_PASSWORD', 'aio-secret')
@@ -232,7 +236,8 @@ def main():
             % (image.id, image.status, image.size, image.stores,
                stats['upload'], size / MiB / stats['upload']))
         check(image.status == 'active', 'image is active')
-        check(image.stores == 'gold', 'image landed in the default store gold')
+        check(image.stores == names.DEFAULT_STORE,
+              'image landed in the default store %s' % names.DEFAULT_STORE)
         check(image.size == size, 'image size is the file size')
         t = time.time()
         got, n, _ = download(glance, image.id)
@@ -245,24 +250,26 @@ def main():
         locations = service_glance.images.get_image_locations(image.id)
         say('  locations: %s' % [(x['url'], x['metadata']) for x in locations])
         check(len(locations) == 1 and
-              locations[0]['url'].startswith('cinder://gold/'),
-              'one location cinder://gold/<volume>')
+              locations[0]['url'].startswith('cinder://%s/' % GOLD),
+              'one location cinder://%s/<volume>' % GOLD)
         image_volume = admin_cinder.volumes.get(
             volume_of_location(locations[0]['url']))
         made_ever['volumes'].append(image_volume.id)
         show_volume(image_volume, 'image volume')
-        check(image_volume.volume_type == 'glance-gold',
-              'image volume has the store volume type glance-gold')
+        check(image_volume.volume_type == names.TYPES[GOLD],
+              'image volume has the store volume type %s'
+              % names.TYPES[GOLD])
         check(image_volume.metadata.get('glance_image_id') == image.id,
               'image volume metadata names the image')
         check(image_volume.metadata.get('readonly') == 'True',
               'image volume is flagged read-only')
 
-        step('4. bootable volume from the image (type glance-silver)')
+        step('4. bootable volume from the image (type %s)'
+             % names.TYPES[SILVER])
         t = time.time()
         offset = log_offset()
         boot = cinder.volumes.create(size=1, imageRef=image.id,
-                                     volume_type='glance-silver',
+                                     volume_type=names.TYPES[SILVER],
                                      name='gcs-demo-boot')
         made['volumes'].append(boot.id)
         made_ever['volumes'].append(boot.id)
@@ -308,8 +315,8 @@ def main():
         say('  image %s %s, %d bytes, store %s (active in %.1fs, hashed by '
             'glance in %.1fs)' % (new.id, new.status, new.size, new.stores,
                                   stats['upload-volume'], stats['hashed']))
-        check(new.stores == 'silver',
-              'image landed in store silver (chosen by volume type)')
+        check(new.stores == SILVER,
+              'image landed in store %s (chosen by volume type)' % SILVER)
         locations = service_glance.images.get_image_locations(new.id)
         say('  locations: %s' % [(x['url'], x['metadata']) for x in locations])
         clone = admin_cinder.volumes.get(

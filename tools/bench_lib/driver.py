@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 
+from aio_lib import names
 from bench_lib import common
 from bench_lib.common import log
 from bench_lib.common import MiB
@@ -126,10 +127,10 @@ class Bench:
         self.timers = Timers()
         self.conf = _load_conf()
         if driver.startswith('ours'):
-            self.backend = 'gold'
+            self.backend = names.GOLD
             self._make_ours(overrides or {})
         else:
-            self.backend = 'builtin'
+            self.backend = names.BUILTIN
             self._make_builtin(overrides or {})
         self.cinder = self._cinder_client()
 
@@ -150,7 +151,7 @@ class Bench:
                              os.path.join(self.workdir, 'state'))
         for key, value in overrides.items():
             self.conf.set_override(key, value, group=self.backend)
-        store = store_mod.Store(self.conf, backend=self.backend)
+        store = store_mod.CinderStore(self.conf, backend=self.backend)
         store.configure()
         self._register(store, store_mod.StoreLocation, 'cinder_plus')
         self.store = store

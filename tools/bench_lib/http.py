@@ -17,10 +17,11 @@ import threading
 import time
 import uuid
 
+from aio_lib import names
 from bench_lib import common
 from bench_lib.common import MiB, log
 
-STORES = ('gold', 'builtin', 'files')
+STORES = (names.GOLD, names.BUILTIN, names.FILES)
 NAME_PREFIX = 'gcs-bench-'
 
 

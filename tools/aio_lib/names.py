@@ -1,0 +1,29 @@
+"""The all-in-one cloud's store ids and Cinder volume types, defined once.
+
+cloud.py creates the volume types from these; the demo, the benchmark and
+the functional tests look stores and types up here.  tools/aio's
+write_glance_conf names the same stores in glance-api.conf.
+"""
+
+#: Stores of our driver (store id -> volume type).
+GOLD = 'gold'
+SILVER = 'silver'
+#: A store of glance_store's built-in ``cinder`` driver.
+BUILTIN = 'builtin'
+#: Glance's file store.
+FILES = 'files'
+#: A store of our driver whose volume type Cinder does not have.
+BROKEN = 'broken'
+
+DEFAULT_STORE = GOLD
+
+#: store id -> the volume type its images are written with
+TYPES = {
+    GOLD: 'glance-gold',
+    SILVER: 'glance-silver',
+    BUILTIN: 'glance-builtin',
+}
+MISSING_TYPE = 'glance-no-such-type'
+#: A type that is none of the stores' own, but tells Cinder (by
+#: ``image_service:store_id``) to upload volumes of it to store silver.
+TO_SILVER_TYPE = 'glance-to-silver'
