@@ -154,9 +154,11 @@ def wait_http(url, timeout):
 
 
 def _configured_backends():
-    """Backends cinder.conf enables now; a service of a backend removed
-    from the configuration stays registered (down) and is not ours to
-    judge."""
+    """Backends cinder.conf enables now.
+
+    A service of a backend removed from the configuration stays registered
+    (down) and is not ours to judge.
+    """
     import configparser
     conf = configparser.ConfigParser(interpolation=None, strict=False)
     root = os.environ.get('AIO_ROOT', '/opt/gcs-aio')

@@ -19,7 +19,8 @@ import uuid
 
 from aio_lib import names
 from bench_lib import common
-from bench_lib.common import MiB, log
+from bench_lib.common import log
+from bench_lib.common import MiB
 
 STORES = (names.GOLD, names.BUILTIN, names.FILES)
 NAME_PREFIX = 'gcs-bench-'

@@ -21,7 +21,9 @@ import time
 import uuid
 
 from bench_lib import common
-from bench_lib.common import BLOCK, MB, log
+from bench_lib.common import BLOCK
+from bench_lib.common import log
+from bench_lib.common import MB
 
 
 def _run(*cmd):
