@@ -77,11 +77,15 @@ def processes_using(path):
                     continue
             except OSError:     # closed meanwhile
                 continue
-            start = holders.process_start_time(int(pid))
-            if start is not None:
-                found.append(holders.Holder(int(pid), start, 'recovered'))
+            holder = holders.Holder.found(int(pid))
+            if holder is not None:
+                found.append(holder)
             break
     return found
+
+
+class DetachIncomplete(exceptions.BackendException):
+    """The device or the attachment could not be removed yet; retried."""
 
 
 @dataclasses.dataclass
@@ -119,6 +123,8 @@ class HostAttachments:
         self._props = None
         self._idle = {}             # volume id -> Volumes, while lingering
         self._idle_lock = threading.Lock()
+        self._secrets = {}          # attachment id -> full connection info
+        connector_base.setup_os_brick()
 
     # -- building blocks ------------------------------------------------
 
@@ -171,23 +177,84 @@ class HostAttachments:
                 if self._detach_unused(volumes, volume_id,
                                        spare_lingering=True) == 'detached']
 
-    def _detach_unused(self, volumes, volume_id, spare_lingering=False):
+    def detach_unused(self, volumes, volume_id, dry_run=False):
+        """For the self-healing pass: see ``_detach_unused``."""
+        return self._detach_unused(volumes, volume_id, spare_lingering=True,
+                                   dry_run=dry_run)
+
+    def _detach_unused(self, volumes, volume_id, spare_lingering=False,
+                       dry_run=False):
         """Detach ``volume_id`` if no live holder is left.
 
-        Returns 'absent' (no record), 'detached', 'held' (live holders) or
-        'lingering' (idle within its grace period, when ``spare_lingering``).
+        Returns 'absent' (no record), 'detached' (or 'would detach' in a
+        dry run), 'held' (live holders) or 'lingering' (idle within its
+        grace period, when ``spare_lingering``).
         """
         with self.lock(volume_id):
-            record = self._load(volumes, volume_id)
+            record = self._load(volumes, volume_id, dry_run=dry_run)
             if record is None:
                 return 'absent'
             record.prune()
             if record.holders or (spare_lingering and
                                   self._lingering(record)):
-                self.records.save(record)
+                if not dry_run:
+                    self.records.save(record)
                 return 'held' if record.holders else 'lingering'
+            if dry_run:
+                return 'would detach'
             self._detach(volumes, record)
             return 'detached'
+
+    def adopt(self, volumes, volume_id, attachment_id, dry_run=False):
+        """Undo an attachment of ours on this host that no record names.
+
+        Under the volume's lock, like every detach: if a record appeared
+        meanwhile it decides; a device some process still has open is left
+        alone; otherwise the device is disconnected, then the attachment
+        deleted.  Returns 'held', 'detached' or 'would detach'.
+        """
+        with self.lock(volume_id):
+            record = self._load(volumes, volume_id, dry_run=dry_run)
+            if record is not None and record.attachment_id == attachment_id:
+                return 'held'       # tracked after all: the record decides
+            return self._adopt_orphan(volumes, volume_id, attachment_id,
+                                      dry_run)
+
+    def _adopt_orphan(self, volumes, volume_id, attachment_id, dry_run):
+        attachment = volumes.attachment_show(attachment_id)
+        record = holders.Record(
+            volume_id, attachment_id,
+            'rw' if attachment.attach_mode == 'rw' else 'ro',
+            state=holders.ATTACHED,
+            connection_info=attachment.connection_info)
+        if record.connection_info:
+            path = self._device_of(record)
+            if path:
+                record.device_info = {'path': path}
+                if processes_using(path):
+                    return 'held'
+        if dry_run:
+            return 'would detach'
+        self._secrets[attachment_id] = attachment.connection_info
+        # The attachment is not in the record file: keep that file as is.
+        self._detach_orphan(volumes, record)
+        return 'detached'
+
+    def _detach_orphan(self, volumes, record):
+        record.state = holders.DETACHING
+        self._remove_device(volumes, record, save=False)
+        volumes.attachment_delete(record.attachment_id)
+        self._secrets.pop(record.attachment_id, None)
+
+    def _device_of(self, record):
+        connection = self.connection(record)
+        try:
+            paths = connection.brick.get_volume_paths(connection.properties)
+        except Exception as e:
+            LOG.warning('volume %s: cannot find its device (%s)',
+                        record.volume_id, e)
+            return None
+        return paths[0] if paths else None
 
     # -- the critical sections ----------------------------------------------
 
@@ -208,6 +275,7 @@ class HostAttachments:
                                  volume.id)
                     if not record.holders and not (
                             mode == 'ro' and self._lingering(record)):
+                        # also finishes an earlier detach that failed
                         self._detach(volumes, record)
                         record = None
                 if record is None:
@@ -231,16 +299,19 @@ class HostAttachments:
     def _attach_new(self, volumes, volume, mode, me):
         attachment = volumes.attachment_create(volume.id, mode)
         record = holders.Record(volume.id, attachment['id'], mode,
-                                holders=[me])
+                                holders=[me],
+                                guard=connector_base.guard_of(volume))
         self.records.save(record)
         pause_point('attaching')
         try:
             updated = volumes.attachment_update(record.attachment_id,
                                                 self.connector_properties())
             record.connection_info = updated.connection_info
+            self._secrets[record.attachment_id] = updated.connection_info
             self.records.save(record)
             connection = self.connection(record, volume)
-            record.device_info = connection.connect()
+            with connector_base.guarded(record.guard):
+                record.device_info = connection.connect()
             self.records.save(record)
             volumes.attachment_complete(record.attachment_id)
             if connection.local_path:
@@ -307,38 +378,92 @@ class HostAttachments:
             self._reap(volume_id, now=True)
 
     def _detach(self, volumes, record):
-        """Undo ``record`` as far as it got: ACL, device, attachment, file."""
-        pause_point('detaching')
+        """Undo ``record`` as far as it got: ACL, device, attachment, file.
+
+        The record says DETACHING (nobody joins it) before the device goes,
+        and DETACHED once it is gone; the Cinder attachment is deleted only
+        then.  If either step fails the record stays, holding no one, and
+        the next user of the volume or the self-healing pass retries.
+        """
+        if record.state != holders.DETACHED:
+            record.state = holders.DETACHING
+            record.holders = []
+            self.records.save(record)
+            pause_point('detaching')
+            self._remove_device(volumes, record)
+            record.state = holders.DETACHED
+            self.records.save(record)
+        try:
+            volumes.attachment_delete(record.attachment_id)
+        except Exception as e:
+            raise DetachIncomplete(
+                'volume %s: device detached but Cinder attachment %s is not '
+                'deleted yet (%s); it will be retried' % (
+                    record.volume_id, record.attachment_id, e))
+        self._secrets.pop(record.attachment_id, None)
+        self.records.remove(record.volume_id)
+
+    def _remove_device(self, volumes, record, save=True):
+        """Disconnect the device unless someone else on this host uses it."""
         path = record.device_path
         if path and record.acl_granted:
             self.access.revoke(path)
-        if record.connection_info:
-            others = []
-            # A writer's volume is ours alone (a new image, or one we are
-            # growing); a reader's may also be in use by nova on this host.
-            if record.mode == 'ro':
-                try:
-                    others = [a for a in volumes.host_attachments(
-                        record.volume_id, self.host)
-                        if a != record.attachment_id]
-                except exceptions.NotFound:
-                    pass
+            record.acl_granted = False
+        if not record.connection_info:
+            return
+        # A writer's volume is ours alone (a new image, or one we are
+        # growing); a reader's may also be in use by nova on this host.
+        if record.mode == 'ro':
+            try:
+                others = [a for a in volumes.host_attachments(
+                    record.volume_id, self.host)
+                    if a != record.attachment_id]
+            except exceptions.NotFound:
+                others = []
             if others:
                 LOG.info('volume %s: leaving the device, attachment(s) %s on '
                          'this host still use it', record.volume_id, others)
-            else:
-                try:
-                    self.connection(record).disconnect(record.device_info)
-                except Exception:
-                    LOG.exception('volume %s: os-brick disconnect failed',
-                                  record.volume_id)
-        volumes.attachment_delete(record.attachment_id)
-        self.records.remove(record.volume_id)
+                return
+        info = self._connection_info(volumes, record)
+        try:
+            with connector_base.guarded(record.guard):
+                connectors.for_connection(
+                    info, root_helper=self.root_helper,
+                    use_multipath=self.conf.cinder_use_multipath,
+                    mount_point_base=self.conf.cinder_mount_point_base,
+                ).disconnect(record.device_info)
+        except Exception as e:
+            if save:
+                self.records.save(record)
+            raise DetachIncomplete(
+                'volume %s: os-brick could not disconnect the device (%s); '
+                'the Cinder attachment %s is kept and the detach will be '
+                'retried' % (record.volume_id, e, record.attachment_id))
 
-    def _load(self, volumes, volume_id, volume=None):
+    def _connection_info(self, volumes, record):
+        """The full connection info: records keep none of its secrets."""
+        info = self._secrets.get(record.attachment_id)
+        if info is not None:
+            return info
+        if not record.stripped:
+            return record.connection_info
+        try:
+            return volumes.attachment_show(
+                record.attachment_id).connection_info
+        except Exception as e:
+            LOG.warning('volume %s: cannot fetch connection info of '
+                        'attachment %s (%s); disconnecting with the record\'s',
+                        record.volume_id, record.attachment_id, e)
+            return record.connection_info
+
+    def _load(self, volumes, volume_id, volume=None, dry_run=False):
         try:
             return self.records.load(volume_id)
         except holders.CorruptRecord as e:
+            if dry_run:
+                LOG.warning('volume %s: attachment record unreadable (%s)',
+                            volume_id, e)
+                return None
             LOG.warning('volume %s: attachment record unreadable (%s); '
                         'rebuilding it from Cinder', volume_id, e)
             return self._rebuild(volumes, volume_id)

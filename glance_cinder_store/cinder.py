@@ -267,6 +267,11 @@ class Volumes:
         with translated_errors('updating metadata of volume %s' % volume.id):
             self.client.volumes.update_all_metadata(volume, metadata)
 
+    def set_metadata(self, volume, metadata):
+        """Add or change some keys, leaving the others as they are."""
+        with translated_errors('updating metadata of volume %s' % volume.id):
+            self.client.volumes.set_metadata(volume, metadata)
+
     def set_readonly(self, volume):
         with translated_errors('marking volume %s read-only' % volume.id):
             self.client.volumes.update_readonly_flag(volume, True)

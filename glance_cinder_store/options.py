@@ -71,6 +71,38 @@ but never by more than this.
 """),
 ]
 
+OUR_OPTS += [
+    cfg.FloatOpt('cinder_plus_self_heal_interval',
+                 default=20.0, min=0.0,
+                 help="""
+Seconds between two passes of each glance-api process's self-healing.
+
+Every process reconciles this host's leftovers when its store starts and
+then about this often (with jitter; one pass at a time per host): it
+detaches attachments whose holders died and deletes the volumes of this
+host's uploads whose uploader died, so a killed worker leaves nothing
+behind for long. A pass never blocks a request. 0 turns the periodic pass
+off (the start-up pass and ``glance-cinder-store-cleanup`` remain).
+"""),
+    cfg.FloatOpt('cinder_plus_upload_heartbeat_interval',
+                 default=60.0, min=0.0,
+                 help="""
+Seconds between two refreshes of a running upload's mark (volume metadata
+``glance_cinder_store_upload``), from a background thread. Other hosts judge
+an upload they cannot see by this heartbeat. 0 never refreshes it.
+"""),
+    cfg.FloatOpt('cinder_plus_upload_stale_after',
+                 default=0.0, min=0.0,
+                 help="""
+Seconds without a heartbeat after which an upload of another host (or pid
+namespace) counts as abandoned, for ``glance-cinder-store-cleanup``.
+
+Uploads of this host are judged by their process only, never by age. 0 (the
+default) never condemns another host's upload: that host cleans up its own.
+Set it well above ``cinder_plus_upload_heartbeat_interval`` (e.g. 10 times).
+"""),
+]
+
 OPTIONS = SHARED_OPTS + OUR_OPTS
 
 

@@ -9,12 +9,9 @@ other's images and Cinder's clone fast paths work on ours.
 
 from concurrent import futures
 import contextlib
-import datetime
 import errno
 import logging
 import math
-import os
-import socket
 import threading
 import time
 
@@ -25,6 +22,8 @@ from oslo_utils import units
 
 from glance_cinder_store import attach
 from glance_cinder_store import cinder
+from glance_cinder_store import heal
+from glance_cinder_store import holders
 from glance_cinder_store import location
 from glance_cinder_store import options
 from glance_cinder_store import transfer
@@ -36,19 +35,12 @@ LOG = logging.getLogger(__name__)
 
 TYPE_NAME = 'cinder_plus'
 #: Volume metadata key present while an upload is in progress.
-UPLOAD_MARK = 'glance_cinder_store_upload'
+UPLOAD_MARK = holders.UPLOAD_MARK
 
 
 def image_size(volume):
     """Bytes of image on ``volume``; whole volume if Cinder made it."""
     return int(volume.metadata.get('image_size', volume.size * units.Gi))
-
-
-def _upload_mark():
-    return 'host=%s pid=%d since=%s' % (
-        socket.gethostname(), os.getpid(),
-        datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec='seconds'))
 
 
 class CinderStore(glance_store.driver.Store):
@@ -70,6 +62,7 @@ class CinderStore(glance_store.driver.Store):
             self.store_conf = conf.glance_store
         self.clients = cinder.CinderClientFactory(self.store_conf)
         self._attachments = None
+        self._healing = None
 
     @property
     def name(self):
@@ -103,6 +96,8 @@ class CinderStore(glance_store.driver.Store):
         except exceptions.BadStoreConfiguration as e:
             # Said at start-up; every add/get repeats it until it is fixed.
             LOG.error('store %s: %s', self.name, e)
+        else:
+            self._start_healing()
         volume_type = self.store_conf.cinder_volume_type
         if not volume_type or not self.clients.uses_service_credentials:
             return
@@ -113,6 +108,18 @@ class CinderStore(glance_store.driver.Store):
             # with a clear error if the type really is missing.
             LOG.warning('store %s: cannot confirm that volume type %r '
                         'exists in Cinder: %s', self.name, volume_type, e)
+
+    def _start_healing(self):
+        """Reconcile this host's leftovers now and then periodically."""
+        interval = self.store_conf.cinder_plus_self_heal_interval
+        if self._healing is not None or not interval:
+            return
+        if not self.clients.uses_service_credentials:
+            LOG.info('store %s: no self-healing without cinder_store_* '
+                     'service credentials; glance-cinder-store-cleanup '
+                     'undoes what crashed processes leave', self.name)
+            return
+        self._healing = heal.Periodic(self, interval).start()
 
     # -- add --------------------------------------------------------------
 
@@ -142,14 +149,20 @@ class CinderStore(glance_store.driver.Store):
         if context is not None and context.project_id:
             metadata['image_owner'] = context.project_id
         size_gb = max(1, math.ceil(image_size / units.Gi))
+        mark = holders.UploadMark.mine()
         volume = self._create_volume(volumes, name, size_gb,
                                      dict(metadata, **{
-                                         UPLOAD_MARK: _upload_mark()}))
+                                         UPLOAD_MARK: mark.format()}))
+        heartbeat = holders.Heartbeat(
+            mark, lambda text: volumes.set_metadata(volume,
+                                                    {UPLOAD_MARK: text}),
+            self.store_conf.cinder_plus_upload_heartbeat_interval).start()
         try:
             volume = volumes.wait_for(volume, 'available', ('creating',))
             result = self._write(volumes, volume, image_file, image_size,
-                                 hashing_algo, verifier, metadata)
+                                 hashing_algo, verifier, metadata, heartbeat)
         except BaseException as e:
+            heartbeat.stop()
             LOG.error('store %s: upload of image %s to volume %s failed: %s',
                       self.name, image_id, volume.id, e)
             self._discard(volumes, volume)
@@ -177,7 +190,7 @@ class CinderStore(glance_store.driver.Store):
             raise
 
     def _write(self, volumes, volume, image_file, image_size, hashing_algo,
-               verifier, metadata):
+               verifier, metadata, heartbeat):
         conf = self.store_conf
         with contextlib.ExitStack() as stack:
             attached = stack.enter_context(
@@ -196,6 +209,7 @@ class CinderStore(glance_store.driver.Store):
             # The bytes are on stable storage: record the final metadata
             # (which drops the upload mark) while the detach runs.
             metadata['image_size'] = str(result.size)
+            heartbeat.stop()    # no refresh may bring the mark back
             finishing = _in_background(volumes.replace_metadata, volume,
                                        metadata)
         finishing.result()

@@ -1,108 +1,87 @@
 """glance-cinder-store-cleanup: undo what crashed processes left behind.
 
-On this host: attachments whose holders all died (record files in the state
-folder) are detached; our attachments Cinder knows of but no record names
-are deleted.  In Cinder: volumes still marked as an unfinished upload by a
-process of this host that is gone (or, with --older-than, abandoned that
-long by any host) are deleted.  --dry-run only reports.
+The same reconciler glance-api runs by itself (heal.py), run on demand,
+plus what only an operator should decide: attachments of ours on this host
+that no record names are undone (each under its volume's lock, the device
+disconnected first, never while a process has it open), and Glance images
+that a dead upload left ``saving`` are reported (and deleted through
+Glance's API with ``--delete-saving-images``).  Uploads are judged by their
+process on this host and by their heartbeat elsewhere, never by age; other
+hosts' attachments are never touched.  ``--dry-run`` takes the same
+decisions and reports them without acting.  Runs as the glance-api user,
+never as root.
 """
 
-import datetime
-import socket
+import os
 import sys
 
-from glance_cinder_store import attach
 from glance_cinder_store.cmd import stores as stores_mod
-from glance_cinder_store import holders
-from glance_cinder_store import store as store_mod
+from glance_cinder_store import heal
 
 
-def parse_mark(mark):
-    fields = dict(part.split('=', 1) for part in mark.split() if '=' in part)
-    since = datetime.datetime.fromisoformat(fields['since'])
-    return fields.get('host'), int(fields.get('pid', 0)), since
-
-
-def abandoned_uploads(all_volumes, older_than):
-    """Volumes marked as uploading whose uploader is gone."""
-    host = socket.gethostname()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    found = []
-    for vol in all_volumes:
-        mark = (vol.metadata or {}).get(store_mod.UPLOAD_MARK)
-        if not mark:
+def _saving_images(store, dry_run, delete):
+    """Report (and delete) images left 'saving' by dead uploads."""
+    state_dir = store.store_conf.cinder_plus_state_dir
+    entries = heal.dead_uploads(state_dir)
+    if not entries:
+        return []
+    from glanceclient import client as glance_client
+    glance = glance_client.Client('2', session=store.clients.session())
+    lines, keep = [], {}
+    for image_id, volume_id in sorted(entries.items()):
+        try:
+            status = glance.images.get(image_id).status
+        except Exception as e:
+            if 'not found' in str(e).lower() or '404' in str(e):
+                continue
+            keep[image_id] = volume_id
+            lines.append('image %s: cannot read its status: %s'
+                         % (image_id, e))
+            continue
+        if status != 'saving':
+            continue
+        if not delete or dry_run:
+            keep[image_id] = volume_id
+            lines.append('image %s: left saving by a dead upload (volume %s '
+                         'deleted)%s' % (image_id, volume_id,
+                                         ': would delete' if delete else
+                                         '; --delete-saving-images deletes '
+                                         'it'))
             continue
         try:
-            mark_host, pid, since = parse_mark(mark)
-        except (KeyError, ValueError):
-            found.append((vol, 'unreadable upload mark %r' % mark))
-            continue
-        age = (now - since).total_seconds()
-        if mark_host == host and holders.process_start_time(pid) is None:
-            found.append((vol, 'uploader pid %d on this host is gone' % pid))
-        elif age > older_than:
-            found.append((vol, 'upload unfinished for %ds' % age))
-    return found
-
-
-def untracked_attachments(host_attachments, all_volumes):
-    """(volume, attachment id) of ours on this host that no record names."""
-    known = set()
-    for volume_id in host_attachments.records.volume_ids():
-        try:
-            known.add(host_attachments.records.load(volume_id).attachment_id)
-        except holders.CorruptRecord:
-            continue
-    return [(vol, att['attachment_id'])
-            for vol in all_volumes for att in vol.attachments
-            if att.get('host_name') == host_attachments.host and
-            att.get('device') == attach.MOUNTPOINT and
-            att['attachment_id'] not in known]
-
-
-def store_volumes(store, volumes):
-    """The volumes of this store's volume type (every project if allowed)."""
-    found = volumes.list_all()
-    wanted = store.store_conf.cinder_volume_type
-    return [v for v in found if not wanted or v.volume_type == wanted]
+            glance.images.delete(image_id)
+            lines.append('image %s: left saving by a dead upload: deleted'
+                         % image_id)
+        except Exception as e:
+            keep[image_id] = volume_id
+            lines.append('image %s: could not delete it: %s' % (image_id, e))
+    if not dry_run:
+        heal.save_dead_uploads(state_dir, keep)
+    return lines
 
 
 def main(argv=None):
+    if os.geteuid() == 0:
+        print('glance-cinder-store-cleanup must not run as root: run it as '
+              'the glance-api user (e.g. sudo -u glance ...), whose state '
+              'folder and privileges it shares', file=sys.stderr)
+        return 2
     conf, stores = stores_mod.load(sys.argv[1:] if argv is None else argv,
                                    'glance-cinder-store-cleanup')
     dry = conf.dry_run
     acted = 0
     for store_id, store in stores.items():
-        volumes = store.volumes()
-        if dry:
-            print('%s: would check %d attachment record(s)' % (
-                store_id, len(store.attachments.records.volume_ids())))
-        else:
-            for volume_id in store.attachments.recover(volumes):
-                print('%s: detached volume %s (its holders died)'
-                      % (store_id, volume_id))
+        healer = heal.Healer(store)
+        findings = healer.reconcile(store.volumes(), dry_run=dry,
+                                    untracked=True,
+                                    stale_after=conf.stale_after)
+        for finding in findings:
+            print('%s: %s' % (store_id, finding))
+            if finding.outcome in ('detached', 'deleted'):
                 acted += 1
-        all_volumes = store_volumes(store, volumes)
-        for vol, att_id in untracked_attachments(store.attachments,
-                                                 all_volumes):
-            print('%s: %s attachment %s of volume %s (no record names it)'
-                  % (store_id, 'would delete' if dry else 'deleting',
-                     att_id, vol.id))
-            if not dry:
-                volumes.attachment_delete(att_id)
-                acted += 1
-        for vol, why in abandoned_uploads(all_volumes, conf.older_than):
-            print('%s: %s volume %s: %s' % (
-                store_id, 'would delete' if dry else 'deleting', vol.id,
-                why))
-            if not dry:
-                store.attachments.release_idle(volumes, vol.id)
-                for att in vol.attachments:
-                    volumes.attachment_delete(att['attachment_id'])
-                volumes.wait_for(volumes.get(vol.id), 'available',
-                                 ('in-use', 'detaching', 'attaching',
-                                  'reserved'))
-                volumes.delete(vol.id)
+        for line in _saving_images(store, dry, conf.delete_saving_images):
+            print('%s: %s' % (store_id, line))
+            if line.endswith(': deleted'):
                 acted += 1
     print('done: %d action(s)%s' % (acted, ' (dry run)' if dry else ''))
     return 0

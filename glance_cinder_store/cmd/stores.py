@@ -12,9 +12,16 @@ def load(argv, description):
     conf = cfg.ConfigOpts()
     conf.register_cli_opt(cfg.BoolOpt('dry-run', default=False,
                                       help='Report, change nothing.'))
-    conf.register_cli_opt(cfg.IntOpt(
-        'older-than', default=3600,
-        help='Seconds an unfinished upload must have been abandoned for.'))
+    conf.register_cli_opt(cfg.FloatOpt(
+        'stale-after', default=None,
+        help='Seconds without heartbeat after which an upload of another '
+             'host counts as abandoned (default: '
+             'cinder_plus_upload_stale_after; 0 never). Uploads of this '
+             'host are judged by their process, never by age.'))
+    conf.register_cli_opt(cfg.BoolOpt(
+        'delete-saving-images', default=False,
+        help='Delete, through Glance\'s API, images that a dead upload '
+             'left in status saving (default: report them).'))
     conf.register_opt(cfg.DictOpt('enabled_backends'))
     conf(argv, project='glance', prog=description,
          default_config_files=cfg.find_config_files('glance', 'glance-api'))

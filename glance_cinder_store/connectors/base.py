@@ -1,7 +1,15 @@
 """One attached volume as os-brick sees it: connect, extend, disconnect."""
 
+import contextlib
+import logging
+
 from glance_store import exceptions
+import os_brick
 from os_brick.initiator import connector as brick_connector
+from os_brick.initiator import utils as brick_utils
+from oslo_config import cfg
+
+LOG = logging.getLogger(__name__)
 
 
 def host_connector(root_helper, my_ip, host, use_multipath, enforce_multipath):
@@ -63,3 +71,38 @@ class Connection:
     def open_target(self, device_info, writable):
         """A path to open, or a file-like object for handle-only protocols."""
         return device_info['path']
+
+
+_brick_ready = []
+
+
+def setup_os_brick():
+    """os_brick.setup() once per process, as nova and cinder do.
+
+    It points os-brick's external locks at ``[os_brick] lock_path`` (by
+    default ``[oslo_concurrency] lock_path``), shared with nova and cinder
+    on this host.
+    """
+    if _brick_ready:
+        return
+    try:
+        os_brick.setup(cfg.CONF)
+    except cfg.Error as e:
+        LOG.warning('os_brick.setup: %s', e)
+    _brick_ready.append(True)
+
+
+def guard_of(volume):
+    """What os-brick's guard_connection needs to know of a volume."""
+    shared = getattr(volume, 'shared_targets', False)
+    service = (getattr(volume, 'service_uuid', None) or
+               getattr(volume, 'os-vol-host-attr:host', None) or
+               'glance-cinder-store')
+    return {'shared_targets': shared, 'service_uuid': service}
+
+
+def guarded(guard):
+    """Lock connect/disconnect like nova and cinder for shared targets."""
+    if not guard:
+        return contextlib.nullcontext()
+    return brick_utils.guard_connection(guard)

@@ -37,6 +37,8 @@ def make_store(state_dir, backend='gold', **overrides):
     # Short-lived test processes: detach as soon as the last reader is done
     # (the grace period is for long-lived glance-api workers).
     overrides.setdefault('cinder_plus_attach_grace_period', 0)
+    # glance-api heals the host; a test process must not race its tests.
+    overrides.setdefault('cinder_plus_self_heal_interval', 0)
     for key, value in overrides.items():
         conf.set_override(key, value, group=backend)
     store = store_mod.CinderStore(conf, backend=backend)

@@ -1,11 +1,13 @@
 """The operator tools against the real cloud, as the glance user runs them."""
 
+import dataclasses
+import datetime
 import os
-import socket
 import subprocess
 
 import pytest
 
+from glance_cinder_store import holders
 from tests.functional import conftest as fx
 
 BIN = os.path.join(fx.AIO_ROOT, 'venv', 'bin')
@@ -55,25 +57,50 @@ def test_preflight_check_names_what_is_wrong(tmp_path):
     assert not any('silver' in f for f in fails)
 
 
-def test_cleanup_deletes_abandoned_uploads(cinder):
-    gone = subprocess.Popen(['true'])
-    gone.wait()
-    mark = 'host=%s pid=%d since=2026-01-01T00:00:00+00:00' % (
-        socket.gethostname(), gone.pid)
-    vol = cinder.volumes.create(1, name='image-abandoned-by-test',
+def _mark(process, age_s):
+    then = (datetime.datetime.now(datetime.timezone.utc) -
+            datetime.timedelta(seconds=age_s)).replace(microsecond=0)
+    return holders.UploadMark(process, then, then).format()
+
+
+def test_cleanup_judges_uploads_by_process_never_by_age(cinder):
+    me = holders.Process.of(os.getpid())
+    live_text = _mark(me, 3 * 86400)
+    far_text = _mark(dataclasses.replace(me, host='another-host'), 3600)
+    live = cinder.volumes.create(1, name='image-live-upload-by-test',
+                                 volume_type='glance-gold', metadata={
+                                     holders.UPLOAD_MARK: live_text})
+    far = cinder.volumes.create(1, name='image-far-upload-by-test',
                                 volume_type='glance-gold', metadata={
-                                    'glance_cinder_store_upload': mark})
-    fx.wait_volume(cinder, vol.id)
+                                    holders.UPLOAD_MARK: far_text})
     try:
-        dry = run('glance-cinder-store-cleanup', '--dry-run')
-        assert 'would delete volume %s' % vol.id in dry.stdout, dry.stdout
-        assert cinder.volumes.get(vol.id)
-        real = run('glance-cinder-store-cleanup')
+        fx.wait_volume(cinder, live.id)
+        fx.wait_volume(cinder, far.id)
+        dry = run('glance-cinder-store-cleanup', '--dry-run',
+                  '--stale-after', '600', user='glance')
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert 'volume %s: delete volume' % far.id in dry.stdout, dry.stdout
+        assert 'would delete' in dry.stdout
+        assert live.id not in dry.stdout
+        assert cinder.volumes.get(far.id)
+        # without a heartbeat margin another host's upload is not judged
+        real = run('glance-cinder-store-cleanup', user='glance')
+        assert far.id not in real.stdout, real.stdout
+        real = run('glance-cinder-store-cleanup', '--stale-after', '600',
+                   user='glance')
         assert real.returncode == 0, real.stdout + real.stderr
-        assert 'deleting volume %s' % vol.id in real.stdout
-        fx.wait_gone(cinder, vol.id)
+        assert 'volume %s: delete volume' % far.id in real.stdout
+        fx.wait_gone(cinder, far.id)
+        # a live upload, however old, is never deleted
+        assert cinder.volumes.get(live.id).status == 'available'
     finally:
-        try:
-            cinder.volumes.delete(vol.id)
-        except Exception:
-            pass
+        for vol in (live, far):
+            try:
+                cinder.volumes.delete(vol.id)
+            except Exception:
+                pass
+
+
+def test_cleanup_refuses_to_run_as_root():
+    out = run('glance-cinder-store-cleanup')
+    assert out.returncode == 2 and 'root' in out.stderr

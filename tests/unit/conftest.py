@@ -26,6 +26,7 @@ def make_conf(tmp_path, **overrides):
                   cinder_store_project_name='service',
                   cinder_plus_state_dir=str(tmp_path / 'state'),
                   cinder_plus_io_chunk_size=256 * 1024,
+                  cinder_plus_self_heal_interval=0,
                   cinder_state_transition_timeout=2)
     values.update(overrides)
     for key, value in values.items():

@@ -137,6 +137,10 @@ class FakeVolumes:
         self._call('replace_metadata', volume.id)
         self._vol(volume.id).metadata = dict(metadata)
 
+    def set_metadata(self, volume, metadata):
+        self._call('set_metadata', volume.id)
+        self._vol(volume.id).metadata.update(metadata)
+
     def set_readonly(self, volume):
         self._call('set_readonly', volume.id)
         self._vol(volume.id).readonly = True

@@ -1,5 +1,6 @@
 """Host attachments: sharing, exclusivity, crash recovery, foreign users."""
 
+import dataclasses
 import socket
 import subprocess
 import threading
@@ -41,8 +42,7 @@ def creates(cinder):
 
 def dead_holder():
     proc = subprocess.Popen(['sleep', '60'])
-    holder = holders.Holder(proc.pid, holders.process_start_time(proc.pid),
-                            'dead')
+    holder = holders.Holder.found(proc.pid)
     proc.kill()
     proc.wait()
     return holder
@@ -208,7 +208,7 @@ def test_record_round_trip_and_validation(tmp_path):
 def test_holder_identity_survives_pid_reuse():
     me = holders.Holder.me()
     assert me.alive()
-    impostor = holders.Holder(me.pid, me.start - 1, 'x')
+    impostor = dataclasses.replace(me, start=me.start - 1)
     assert not impostor.alive()
     assert not dead_holder().alive()
 

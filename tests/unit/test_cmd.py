@@ -1,64 +1,71 @@
 """The operator tools' decisions, on fake Cinder data."""
 
-import datetime
-import socket
-import subprocess
+import os
+
+import pytest
 
 from glance_cinder_store import attach
 from glance_cinder_store.cmd import cleanup
 from glance_cinder_store import holders
-from glance_cinder_store import store as store_mod
+from tests.unit import test_heal
 
 
-class Vol:
-    def __init__(self, vid, metadata=None, attachments=()):
-        self.id = vid
-        self.metadata = metadata or {}
-        self.attachments = list(attachments)
+def test_cleanup_refuses_root(monkeypatch, capsys):
+    monkeypatch.setattr(os, 'geteuid', lambda: 0)
+    assert cleanup.main([]) == 2
+    assert 'must not run as root' in capsys.readouterr().err
 
 
-def mark(host, pid, age_s):
-    since = (datetime.datetime.now(datetime.timezone.utc) -
-             datetime.timedelta(seconds=age_s)).isoformat(timespec='seconds')
-    return {store_mod.UPLOAD_MARK: 'host=%s pid=%d since=%s'
-            % (host, pid, since)}
+@pytest.mark.parametrize('dry_run', [True, False])
+def test_untracked_attachment_disconnected_then_deleted(
+        store, cinder, dry_run):
+    vol = cinder.get(cinder.create(1, 'image-u', {}, 'gold-type').id)
+    host = store.attachments
+    with host.attach(cinder, vol, 'ro'):
+        att = host.records.load(vol.id).attachment_id
+        host.records.remove(vol.id)            # the record is lost
+    # the device stays connected: nobody knew of the attachment
+    assert att in cinder.attachments
+    findings = test_heal.reconcile(store, cinder, dry_run=dry_run,
+                                   untracked=True)
+    assert [(f.volume_id, f.outcome) for f in findings] == [
+        (vol.id, 'would detach' if dry_run else 'detached')]
+    if dry_run:
+        assert att in cinder.attachments
+    else:
+        assert cinder.attachments == {}
+        assert test_heal.connected() == {}
 
 
-def test_mark_round_trip():
-    text = store_mod._upload_mark()
-    host, pid, since = cleanup.parse_mark(text)
-    assert host == socket.gethostname() and pid > 0 and since.tzinfo
+def test_untracked_attachment_in_use_is_left_alone(store, cinder):
+    vol = cinder.get(cinder.create(1, 'image-u', {}, 'gold-type').id)
+    host = store.attachments
+    with host.attach(cinder, vol, 'ro'):
+        host.records.remove(vol.id)
+        with open(vol.path, 'rb'):              # a process has it open
+            findings = test_heal.reconcile(store, cinder, untracked=True)
+        assert [f.outcome for f in findings] == ['held']
+        assert len(cinder.attachments) == 1
 
 
-def test_abandoned_uploads():
-    here = socket.gethostname()
-    gone = subprocess.Popen(['true'])
-    gone.wait()
-    vols = [
-        Vol('done', {'image_size': '3'}),
-        Vol('mine-alive', mark(here, 1, 10)),            # pid 1 lives
-        Vol('mine-dead', mark(here, gone.pid, 10)),
-        Vol('elsewhere-recent', mark('other-host', 5, 10)),
-        Vol('elsewhere-old', mark('other-host', 5, 7200)),
-        Vol('garbled', {store_mod.UPLOAD_MARK: 'nonsense'}),
-    ]
-    found = {v.id for v, why in cleanup.abandoned_uploads(vols, 3600)}
-    assert found == {'mine-dead', 'elsewhere-old', 'garbled'}
+def test_other_hosts_attachments_are_never_touched(store, cinder):
+    vol = cinder.get(cinder.create(1, 'image-u', {}, 'gold-type').id)
+    att = cinder.attachment_create(vol.id, 'ro')['id']
+    cinder.attachment_update(att, {'host': 'elsewhere',
+                                   'mountpoint': attach.MOUNTPOINT})
+    assert test_heal.reconcile(store, cinder, untracked=True) == []
+    assert att in cinder.attachments
 
 
-def test_untracked_attachments(tmp_path):
-    class Host:
-        host = socket.gethostname()
-        records = holders.RecordStore(str(tmp_path))
-    Host.records.save(holders.Record('v1', 'known', 'ro'))
-    ours = {'host_name': Host.host, 'device': attach.MOUNTPOINT}
-    vols = [Vol('v1', attachments=[dict(ours, attachment_id='known')]),
-            Vol('v2', attachments=[dict(ours, attachment_id='stray'),
-                                   {'host_name': Host.host,
-                                    'device': '/dev/vdb',
-                                    'attachment_id': 'nova'},
-                                   {'host_name': 'other',
-                                    'device': attach.MOUNTPOINT,
-                                    'attachment_id': 'far'}])]
-    found = [(v.id, a) for v, a in cleanup.untracked_attachments(Host, vols)]
-    assert found == [('v2', 'stray')]
+def test_records_never_hold_secrets(tmp_path):
+    records = holders.RecordStore(str(tmp_path / 'state'))
+    info = {'driver_volume_type': 'iscsi',
+            'data': {'auth_password': 'chap', 'auth_username': 'u',
+                     'target_iqn': 'iqn'},
+            'keyring': 'AQB...'}
+    records.save(holders.Record('v1', 'a1', 'rw', connection_info=info))
+    text = open(records.path('v1')).read()
+    assert 'chap' not in text and 'AQB' not in text and 'iqn' in text
+    assert records.load('v1').stripped
+    assert os.stat(records.path('v1')).st_mode & 0o777 == 0o600
+    assert os.stat(records.dir).st_mode & 0o777 == 0o700

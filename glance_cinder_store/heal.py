@@ -1,0 +1,301 @@
+"""One reconciler for this host's leftovers, and the pass that runs it.
+
+What a killed process leaves on this host is undone here, and only here:
+attachments whose holders all died are detached (device first, then the
+Cinder attachment), and volumes of uploads whose uploader died are deleted
+once their attachment is safely gone.  glance-api runs it when a store
+starts and then periodically (``cinder_plus_self_heal_interval``), in a
+daemon thread that never blocks a request, one pass at a time per host;
+``glance-cinder-store-cleanup`` runs the same ``reconcile`` (with
+``--dry-run``, the same decisions, no action).  Liveness comes from
+holders.py: nothing judged ``unknown`` (another host or pid namespace) is
+touched, and age alone never condemns an upload of this host.
+"""
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import random
+import threading
+import time
+
+from glance_store import exceptions
+
+from glance_cinder_store import attach
+from glance_cinder_store import holders
+
+LOG = logging.getLogger(__name__)
+
+#: One pass at a time within a process (flock is per process).
+_PROCESS_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass
+class Finding:
+    """One thing a pass found, and what it did (or would do) about it."""
+    volume_id: str
+    action: str         # 'detach', 'delete volume', 'keep', 'report'
+    why: str
+    outcome: str = ''
+    image_id: str = None
+
+    def __str__(self):
+        return 'volume %s: %s (%s)%s' % (
+            self.volume_id, self.action, self.why,
+            ': %s' % self.outcome if self.outcome else '')
+
+
+def store_volumes(store, volumes):
+    """The volumes of this store's volume type (every project if allowed)."""
+    found = volumes.list_all()
+    wanted = store.store_conf.cinder_volume_type
+    return [v for v in found if not wanted or v.volume_type == wanted]
+
+
+def _dead_uploads_path(state_dir):
+    return os.path.join(state_dir, 'dead-uploads.json')
+
+
+def remember_dead_upload(state_dir, image_id, volume_id):
+    """Note an image a dead upload left 'saving', for the clean-up tool."""
+    entries = dead_uploads(state_dir)
+    entries[image_id] = volume_id
+    save_dead_uploads(state_dir, entries)
+
+
+def dead_uploads(state_dir):
+    """{image id: volume id} of images whose upload died on this host."""
+    try:
+        with open(_dead_uploads_path(state_dir)) as f:
+            return dict(json.load(f))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def save_dead_uploads(state_dir, entries):
+    path = _dead_uploads_path(state_dir)
+    tmp = '%s.%d.tmp' % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, 'w') as f:
+        json.dump(entries, f)
+    os.replace(tmp, path)
+
+
+class Healer:
+    """Reconciles one store's leftovers on this host."""
+
+    def __init__(self, store):
+        self.store = store
+        self.conf = store.store_conf
+
+    @property
+    def attachments(self):
+        return self.store.attachments
+
+    def reconcile(self, volumes, dry_run=False, untracked=False,
+                  stale_after=None):
+        """Undo what dead processes left; a list of ``Finding``.
+
+        ``untracked``: also undo attachments of ours on this host that no
+        record names (operator runs only: another state folder on this host
+        may track them).  ``stale_after``: seconds without heartbeat after
+        which another host's upload counts as dead (default: the option).
+        """
+        if stale_after is None:
+            stale_after = self.conf.cinder_plus_upload_stale_after
+        findings = self._records(volumes, dry_run)
+        all_volumes = store_volumes(self.store, volumes)
+        findings += self._uploads(volumes, all_volumes, dry_run,
+                                  stale_after)
+        if untracked:
+            findings += self._untracked(volumes, all_volumes, dry_run)
+        return findings
+
+    # -- the three kinds of leftovers -----------------------------------
+
+    def _records(self, volumes, dry_run):
+        found = []
+        for volume_id in self.attachments.records.volume_ids():
+            try:
+                outcome = self.attachments.detach_unused(volumes, volume_id,
+                                                         dry_run=dry_run)
+            except Exception as e:
+                found.append(Finding(volume_id, 'detach', 'holders died',
+                                     'failed, retried later: %s' % e))
+                continue
+            if outcome in ('detached', 'would detach'):
+                found.append(Finding(volume_id, 'detach',
+                                     'its holders on this host died',
+                                     outcome))
+        return found
+
+    def _uploads(self, volumes, all_volumes, dry_run, stale_after):
+        found = []
+        for vol in all_volumes:
+            mark, error = holders.upload_mark_of(vol)
+            image_id = (vol.metadata or {}).get('glance_image_id')
+            if error:
+                found.append(Finding(vol.id, 'keep', error +
+                                     ': not judged, never deleted',
+                                     image_id=image_id))
+                continue
+            if mark is None:
+                continue
+            verdict = mark.verdict(stale_after)
+            if verdict != holders.DEAD:
+                continue
+            why = 'upload by %s died (%s)' % (
+                mark.uploader.describe(),
+                'silent for %ds' % mark.silent_for()
+                if mark.uploader.verdict() == holders.UNKNOWN
+                else 'process gone or host rebooted')
+            found.append(self._delete_upload(volumes, vol, why, dry_run,
+                                             image_id))
+        return found
+
+    def _delete_upload(self, volumes, vol, why, dry_run, image_id):
+        finding = Finding(vol.id, 'delete volume', why, image_id=image_id)
+        try:
+            left = self._release_ours(volumes, vol, dry_run)
+            if left:
+                finding.action = 'keep'
+                finding.outcome = 'still attached (%s)' % ', '.join(left)
+                return finding
+            if dry_run:
+                finding.outcome = 'would delete'
+                return finding
+            volume = volumes.wait_for(volumes.get(vol.id), 'available',
+                                      ('in-use', 'detaching', 'attaching',
+                                       'reserved'))
+            if holders.upload_mark_of(volume)[0] is None:
+                finding.action, finding.outcome = 'keep', 'upload finished'
+                return finding
+            volumes.delete(vol.id)
+            finding.outcome = 'deleted'
+            if image_id:
+                remember_dead_upload(self.conf.cinder_plus_state_dir,
+                                     image_id, vol.id)
+        except exceptions.NotFound:
+            finding.outcome = 'already gone'
+        except Exception as e:
+            finding.outcome = 'failed, retried later: %s' % e
+        return finding
+
+    def _release_ours(self, volumes, vol, dry_run):
+        """Detach this host's attachments of a dead upload; what is left."""
+        host = self.attachments.host
+        left = []
+        tracked = self._tracked_attachment(vol.id)
+        outcome = self.attachments.detach_unused(volumes, vol.id,
+                                                 dry_run=dry_run)
+        if outcome in ('held', 'lingering'):
+            left.append('held on this host')
+        for att in vol.attachments:
+            att_id = att['attachment_id']
+            if att.get('host_name') != host or (
+                    att.get('device') != attach.MOUNTPOINT):
+                left.append('%s on %s' % (att_id, att.get('host_name')))
+            elif att_id == tracked and outcome in ('detached',
+                                                   'would detach'):
+                continue
+            elif self.attachments.adopt(volumes, vol.id, att_id,
+                                        dry_run=dry_run) == 'held':
+                left.append('%s in use on this host' % att_id)
+        return left
+
+    def _tracked_attachment(self, volume_id):
+        try:
+            record = self.attachments.records.load(volume_id)
+        except holders.CorruptRecord:
+            return None
+        return record.attachment_id if record else None
+
+    def _untracked(self, volumes, all_volumes, dry_run):
+        found = []
+        host = self.attachments.host
+        for vol in all_volumes:
+            for att in vol.attachments:
+                att_id = att['attachment_id']
+                if (att.get('host_name') != host or
+                        att.get('device') != attach.MOUNTPOINT or
+                        att_id == self._tracked_attachment(vol.id)):
+                    continue
+                finding = Finding(vol.id, 'detach',
+                                  'attachment %s: no record names it'
+                                  % att_id)
+                try:
+                    finding.outcome = self.attachments.adopt(
+                        volumes, vol.id, att_id, dry_run=dry_run)
+                except Exception as e:
+                    finding.outcome = 'failed: %s' % e
+                found.append(finding)
+        return found
+
+
+class Periodic:
+    """The self-healing pass of one store in one process.
+
+    Runs once soon after start and then every ``interval`` seconds (with
+    jitter); a pass is skipped when another process of this host ran one
+    for the store less than half an interval ago.
+    """
+
+    def __init__(self, store, interval):
+        self.healer = Healer(store)
+        self.store = store
+        self.interval = interval
+        self.state_dir = store.store_conf.cinder_plus_state_dir
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='gcs-self-heal-%s'
+                                        % self.store.name)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+
+    def _run(self):
+        delay = random.uniform(0, 1)
+        while not self._stop.wait(delay):
+            try:
+                self.run_once()
+            except Exception:
+                LOG.exception('store %s: self-healing pass failed; retrying '
+                              'in %ss', self.store.name, self.interval)
+            delay = self.interval * random.uniform(0.8, 1.2)
+
+    def _stamp(self):
+        return os.path.join(self.state_dir, 'heal-%s.stamp' % self.store.name)
+
+    def run_once(self):
+        """One pass, unless another one runs or ran just now on this host."""
+        if not _PROCESS_LOCK.acquire(blocking=False):
+            return None
+        try:
+            with open(os.path.join(self.state_dir, 'heal.lock'), 'a') as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return None
+                stamp = self._stamp()
+                try:
+                    if time.time() - os.path.getmtime(stamp) < (
+                            self.interval / 2):
+                        return None
+                except OSError:
+                    pass
+                findings = self.healer.reconcile(self.store.volumes())
+                with open(stamp, 'w'):
+                    pass
+                for finding in findings:
+                    LOG.info('store %s: self-healing: %s', self.store.name,
+                             finding)
+                return findings
+        finally:
+            _PROCESS_LOCK.release()

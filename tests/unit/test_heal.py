@@ -1,0 +1,239 @@
+"""Liveness, and the one reconciler for this host's leftovers."""
+
+import dataclasses
+import datetime
+import io
+import os
+import subprocess
+import time
+
+import pytest
+
+from glance_cinder_store import heal
+from glance_cinder_store import holders
+from tests.unit import fakes
+
+
+def connected():
+    return fakes.FakeConnection.connected
+
+
+def reconcile(store, cinder, **kwargs):
+    heal_store_volumes = heal.store_volumes
+    try:
+        heal.store_volumes = lambda store, volumes: [
+            cinder.get(v) for v in list(cinder.volumes)]
+        return heal.Healer(store).reconcile(cinder, **kwargs)
+    finally:
+        heal.store_volumes = heal_store_volumes
+
+
+def dead_process():
+    proc = subprocess.Popen(['sleep', '60'])
+    me = holders.Process.of(proc.pid)
+    proc.kill()
+    proc.wait()
+    return me
+
+
+def mark_of(process, beat_age=0):
+    now = datetime.datetime.now(datetime.timezone.utc).replace(
+        microsecond=0)
+    beat = now - datetime.timedelta(seconds=beat_age)
+    return holders.UploadMark(process, beat - datetime.timedelta(days=3),
+                              beat)
+
+
+# -- liveness ----------------------------------------------------------------
+
+def test_verdicts():
+    me = holders.Process.of(os.getpid())
+    assert me.verdict() == holders.ALIVE
+    assert dead_process().verdict() == holders.DEAD
+    assert dataclasses.replace(me, start=me.start - 1).verdict() == (
+        holders.DEAD)
+    # cannot be judged from here: unknown, never dead
+    assert dataclasses.replace(me, host='elsewhere').verdict() == (
+        holders.UNKNOWN)
+    assert dataclasses.replace(me, pidns='1').verdict() == holders.UNKNOWN
+
+
+def test_reboot_makes_every_earlier_process_dead(monkeypatch):
+    me = holders.Process.of(os.getpid())
+    holder = holders.Holder.me()
+    monkeypatch.setenv(holders.BOOT_ID_ENV, 'a-new-boot')
+    assert me.verdict() == holders.DEAD
+    assert not holder.alive()
+    assert holders.Process.of(os.getpid()).verdict() == holders.ALIVE
+
+
+def test_old_holder_records_still_load(tmp_path):
+    records = holders.RecordStore(str(tmp_path))
+    me = holders.Process.of(os.getpid())
+    with open(records.path('v1'), 'w') as f:
+        f.write('{"volume_id": "v1", "attachment_id": "a1", "mode": "ro", '
+                '"state": "attached", "holders": [{"pid": %d, "start": %d, '
+                '"token": "t"}]}' % (me.pid, me.start))
+    assert records.load('v1').holders[0].alive()
+
+
+def test_upload_mark_round_trip_and_verdicts():
+    mark = holders.UploadMark.mine()
+    text = mark.format()
+    assert len(text) < 255
+    assert holders.UploadMark.parse(text) == mark
+    assert mark.verdict() == holders.ALIVE
+    # age alone never condemns an upload of this host
+    assert mark_of(mark.uploader, beat_age=10 ** 6).verdict(60) == (
+        holders.ALIVE)
+    assert mark_of(dead_process()).verdict() == holders.DEAD
+    far = dataclasses.replace(mark.uploader, host='elsewhere')
+    assert mark_of(far, beat_age=10 ** 6).verdict(0) == holders.UNKNOWN
+    assert mark_of(far, beat_age=30).verdict(600) == holders.UNKNOWN
+    assert mark_of(far, beat_age=601).verdict(600) == holders.DEAD
+    with pytest.raises(ValueError):
+        holders.UploadMark.parse('nonsense')
+
+
+def test_heartbeat_refreshes_and_stops():
+    published = []
+    beat = holders.Heartbeat(holders.UploadMark.mine(), published.append,
+                             0.05).start()
+    for _ in range(100):
+        if len(published) >= 2:
+            break
+        time.sleep(0.02)
+    beat.stop()
+    seen = len(published)
+    assert seen >= 2
+    assert holders.UploadMark.parse(published[-1]).uploader.pid == (
+        os.getpid())
+    time.sleep(0.15)
+    assert len(published) == seen
+
+
+def test_store_upload_mark_carries_identity(store, cinder):
+    seen = []
+    real = cinder.create
+
+    def create(size_gb, name, metadata, volume_type):
+        seen.append(metadata[holders.UPLOAD_MARK])
+        return real(size_gb, name, metadata, volume_type)
+    cinder.create = create
+    store.add('img-1', io.BytesIO(b'x' * 1000), 1000, 'sha256')
+    mark = holders.UploadMark.parse(seen[0])
+    assert mark.uploader == holders.Process.of(os.getpid())
+
+
+# -- the reconciler ----------------------------------------------------------
+
+def _upload_volume(cinder, process, attach_with=None, host=None):
+    vol = cinder.create(1, 'image-dead', {
+        'glance_image_id': 'img-dead',
+        holders.UPLOAD_MARK: mark_of(process).format()}, 'gold-type')
+    return cinder.get(vol.id)
+
+
+def test_dead_upload_of_this_host_is_detached_then_deleted(store, cinder):
+    dead = dead_process()
+    vol = _upload_volume(cinder, dead)
+    host = store.attachments
+    # the dead uploader's attachment, as its record left it
+    att = cinder.attachment_create(vol.id, 'rw')['id']
+    upd = cinder.attachment_update(att, host.connector_properties())
+    device = fakes.FakeConnection(upd.connection_info).connect()
+    host.records.save(holders.Record(
+        vol.id, att, 'rw', state=holders.ATTACHED,
+        connection_info=upd.connection_info, device_info=device,
+        holders=[holders.Holder(dead.pid, dead.start, dead.host, dead.boot,
+                                dead.pidns, 't')]))
+    dry = reconcile(store, cinder, dry_run=True)
+    assert {f.outcome for f in dry} == {'would detach', 'would delete'}
+    assert vol.id in cinder.volumes and att in cinder.attachments
+    done = reconcile(store, cinder)
+    assert ('delete volume', 'deleted') in [(f.action, f.outcome)
+                                            for f in done]
+    assert cinder.volumes == {} and cinder.attachments == {}
+    assert connected() == {}
+    assert heal.dead_uploads(store.store_conf.cinder_plus_state_dir) == {
+        'img-dead': vol.id}
+
+
+def test_live_or_unknown_uploads_are_never_deleted(store, cinder):
+    me = holders.Process.of(os.getpid())
+    alive = _upload_volume(cinder, me)
+    far = _upload_volume(cinder, dataclasses.replace(me, host='elsewhere'))
+    garbled = cinder.create(1, 'image-g', {holders.UPLOAD_MARK: 'x=1'},
+                            'gold-type')
+    findings = reconcile(store, cinder, stale_after=0)
+    assert set(cinder.volumes) == {alive.id, far.id, garbled.id}
+    assert [(f.volume_id, f.action) for f in findings] == [
+        (garbled.id, 'keep')]
+
+
+def test_stale_heartbeat_of_another_host_condemns_unattached_only(
+        store, cinder):
+    me = holders.Process.of(os.getpid())
+    far = dataclasses.replace(me, host='elsewhere')
+    vol = cinder.create(1, 'image-far', {
+        holders.UPLOAD_MARK: mark_of(far, beat_age=3600).format()},
+        'gold-type')
+    att = cinder.attachment_create(vol.id, 'rw')['id']
+    cinder.attachment_update(att, {'host': 'elsewhere'})
+    findings = reconcile(store, cinder, stale_after=600)
+    assert [(f.action, f.outcome[:16]) for f in findings] == [
+        ('keep', 'still attached (')]
+    assert vol.id in cinder.volumes and att in cinder.attachments
+    cinder.attachment_delete(att)
+    findings = reconcile(store, cinder, stale_after=600)
+    assert [f.outcome for f in findings] == ['deleted']
+
+
+def test_failed_disconnect_keeps_attachment_and_record(
+        store, cinder, monkeypatch):
+    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+    host = store.attachments
+
+    def broken(self, device_info):
+        raise OSError('device busy')
+    monkeypatch.setattr(fakes.FakeConnection, 'disconnect', broken)
+    with host.attach(cinder, vol, 'ro'):    # the read itself succeeds
+        pass
+    record = host.records.load(vol.id)
+    assert record.state == holders.DETACHING and not record.holders
+    assert list(cinder.attachments) == [record.attachment_id]
+    monkeypatch.undo()
+    findings = reconcile(store, cinder)
+    assert [f.outcome for f in findings] == ['detached']
+    assert cinder.attachments == {} and host.records.volume_ids() == []
+
+
+def test_failed_attachment_delete_is_never_joined(store, cinder):
+    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+    host = store.attachments
+    from glance_store import exceptions
+    cinder.fail['attachment_delete'] = exceptions.BackendException('503')
+    with host.attach(cinder, vol, 'ro'):
+        pass
+    record = host.records.load(vol.id)
+    assert record.state == holders.DETACHED and not record.holders
+    assert connected() == {}                # the device is gone
+    del cinder.fail['attachment_delete']
+    # the next reader does not join the gone device: it finishes the
+    # detach and attaches anew
+    with host.attach(cinder, vol, 'ro') as attached:
+        assert attached.target == vol.path
+        assert connected() == {vol.path: 1}
+    assert cinder.attachments == {}
+
+
+def test_periodic_pass_runs_once_per_interval_host_wide(
+        store, cinder, monkeypatch):
+    calls = []
+    monkeypatch.setattr(heal.Healer, 'reconcile',
+                        lambda self, volumes: calls.append(1) or [])
+    first = heal.Periodic(store, 60)
+    second = heal.Periodic(store, 60)
+    assert first.run_once() == []
+    assert second.run_once() is None        # ran just now on this host
+    assert calls == [1]
