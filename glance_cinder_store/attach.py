@@ -157,8 +157,12 @@ class HostAttachments:
         me = holders.Holder.me()
         record = self._acquire(volumes, volume, mode, me)
         try:
-            yield Attached(volume.id, mode, self.connection(record, volume),
-                           record.device_info)
+            connection = self.connection(record, volume)
+            if connection.local_path:
+                # on every open, shared or new: is the device the volume?
+                connection.check_identity(record.device_info,
+                                          record.device_id, volume.id)
+            yield Attached(volume.id, mode, connection, record.device_info)
         finally:
             try:
                 self._release(volumes, volume.id, me)
@@ -313,6 +317,8 @@ class HostAttachments:
             with connector_base.guarded(record.guard):
                 record.device_info = connection.connect()
             self.records.save(record)
+            if connection.local_path:
+                record.device_id = connection.identity(record.device_info)
             volumes.attachment_complete(record.attachment_id)
             if connection.local_path:
                 record.acl_granted = self.access.grant(record.device_path,

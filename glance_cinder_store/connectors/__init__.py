@@ -9,6 +9,8 @@ from glance_cinder_store.connectors import nfs
 from glance_cinder_store.connectors import rbd
 
 _BY_PROTOCOL = {
+    'local': base.LocalConnection,
+    'nvmeof': base.NvmeConnection,
     'nfs': nfs.NfsConnection,
     'rbd': rbd.RbdConnection,
 }

@@ -2,6 +2,8 @@
 
 import contextlib
 import logging
+import os
+import stat
 
 from glance_store import exceptions
 import os_brick
@@ -71,6 +73,96 @@ class Connection:
     def open_target(self, device_info, writable):
         """A path to open, or a file-like object for handle-only protocols."""
         return device_info['path']
+
+    # -- device identity: is what we open the volume? ----------------------
+
+    def identity(self, device_info):
+        """What names the connected device now: recorded at connect time.
+
+        The device number (a block device's st_rdev, a file's st_dev and
+        inode) plus whatever the protocol offers (``claims``).  Empty for
+        handle-only connections.
+        """
+        path = (device_info or {}).get('path')
+        if not isinstance(path, str):
+            return {}
+        st = os.stat(path)
+        if stat.S_ISBLK(st.st_mode):
+            found = {'rdev': st.st_rdev}
+        else:
+            found = {'dev': st.st_dev, 'ino': st.st_ino}
+        found.update(self.claims(os.path.realpath(path)))
+        return found
+
+    def claims(self, real_path):
+        """Protocol identity of the device (serial, uuid, backing file)."""
+        name = os.path.basename(real_path)
+        wwid = _read_sys('/sys/block/%s/device/wwid' % name) or _read_sys(
+            '/sys/block/%s/wwid' % name)
+        return {'wwid': wwid} if wwid else {}
+
+    def check_identity(self, device_info, recorded, volume_id):
+        """Refuse a device that is not (or no longer) ``volume_id``'s.
+
+        Size alone passes almost any wrong LUN: compare the device number
+        and serial recorded at connect time, and what the protocol says the
+        device belongs to.
+        """
+        now = self.identity(device_info)
+        changed = sorted(k for k, v in (recorded or {}).items()
+                         if now.get(k) != v)
+        if changed:
+            raise exceptions.BackendException(
+                'volume %s: device %s is no longer the one connected for it '
+                '(%s changed): refusing to use it' % (
+                    volume_id, device_info.get('path'), ', '.join(changed)))
+        problem = self.mismatch(now, volume_id)
+        if problem:
+            raise exceptions.BackendException(
+                'volume %s: device %s is not this volume (%s): refusing to '
+                'use it' % (volume_id, device_info.get('path'), problem))
+        return now
+
+    def mismatch(self, identity, volume_id):
+        """Why ``identity`` is not ``volume_id``'s device, if we can tell."""
+        uuid = self.properties.get('vol_uuid')
+        if uuid and identity.get('uuid') and identity['uuid'] != uuid:
+            return 'namespace uuid %s, expected %s' % (identity['uuid'], uuid)
+        return None
+
+
+def _read_sys(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+class NvmeConnection(Connection):
+    """NVMe-oF: the namespace's uuid is the one Cinder named."""
+
+    def claims(self, real_path):
+        found = super().claims(real_path)
+        uuid = _read_sys('/sys/block/%s/uuid' % os.path.basename(real_path))
+        if uuid:
+            found['uuid'] = uuid
+        return found
+
+
+class LocalConnection(Connection):
+    """A device already on this host; the aio's loop devices name a file."""
+
+    def claims(self, real_path):
+        backing = _read_sys('/sys/block/%s/loop/backing_file'
+                            % os.path.basename(real_path))
+        return {'backing_file': backing} if backing else {}
+
+    def mismatch(self, identity, volume_id):
+        backing = identity.get('backing_file')
+        if backing and not backing.endswith(volume_id):
+            return 'loop device backed by %s' % backing
+        return None
 
 
 _brick_ready = []

@@ -11,6 +11,8 @@ import uuid
 from glance_store import exceptions
 from oslo_utils import units
 
+from glance_cinder_store.connectors import base as connector_base
+
 
 class FakeVolume:
     def __init__(self, vid, size, name, metadata, volume_type, path):
@@ -236,3 +238,13 @@ class FakeConnection:
 
     def open_target(self, device_info, writable):
         return device_info['path']
+
+    # the real identity checks, on the fake volume files
+    identity = connector_base.Connection.identity
+    check_identity = connector_base.Connection.check_identity
+
+    def claims(self, real_path):
+        return {}
+
+    def mismatch(self, identity, volume_id):
+        return None

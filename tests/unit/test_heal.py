@@ -237,3 +237,33 @@ def test_periodic_pass_runs_once_per_interval_host_wide(
     assert first.run_once() == []
     assert second.run_once() is None        # ran just now on this host
     assert calls == [1]
+
+
+# -- device identity ---------------------------------------------------------
+
+def test_a_replaced_device_is_never_joined(make_store, cinder):
+    store = make_store(cinder_plus_attach_grace_period=60)
+    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+    host = store.attachments
+    with host.attach(cinder, vol, 'ro'):
+        pass                                # lingers, shared
+    # another disk now sits where the device was
+    with open(vol.path + '.other', 'wb') as f:
+        f.truncate(os.path.getsize(vol.path))
+    os.replace(vol.path + '.other', vol.path)
+    from glance_store import exceptions
+    with pytest.raises(exceptions.BackendException,
+                       match='no longer the one connected'):
+        with host.attach(cinder, vol, 'ro'):
+            pass
+    host._reap_all()
+
+
+def test_loop_device_must_be_backed_by_the_volume():
+    from glance_cinder_store.connectors import base
+    local = base.LocalConnection.__new__(base.LocalConnection)
+    ok = {'backing_file': '/srv/cinder/volume-abc'}
+    assert local.mismatch(ok, 'abc') is None
+    assert 'volume-abc' in local.mismatch(ok, 'def')
+    assert 'deleted' in local.mismatch(
+        {'backing_file': '/srv/cinder/volume-abc (deleted)'}, 'abc')
