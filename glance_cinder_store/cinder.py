@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 
 from cinderclient import api_versions
 from cinderclient import exceptions as cinder_exc
@@ -137,7 +138,13 @@ class CinderClientFactory:
                            % self.conf.cinder_catalog_info)
         return token_endpoint.Token(endpoint=url, token=context.auth_token)
 
-    def client(self, context=None, version=REQUIRED_VERSION):
+    def client(self, context=None, version=REQUIRED_VERSION,
+               idempotent=True):
+        """A cinderclient client for the store's credentials or ``context``.
+
+        ``idempotent=False``: for calls that must not be repeated blindly
+        (creates), 5xx answers are not retried.
+        """
         auth = None if self.uses_service_credentials else self._user_auth(
             context)
         retries = self.conf.cinder_http_retries
@@ -154,7 +161,8 @@ class CinderClientFactory:
             session=self.session(), auth=auth,
             region_name=self.conf.cinder_os_region_name,
             api_version=version, retries=retries,
-            connect_retries=retries, status_code_retries=retries,
+            connect_retries=retries,
+            status_code_retries=retries if idempotent else 0,
             retriable_status_codes=RETRIABLE_STATUS, **kwargs)
         self._check_server_version(client)
         return client
@@ -192,13 +200,51 @@ def _volume_busy(error):
             'to reserve' in str(error) and 'current status is' in str(error))
 
 
-class Volumes:
-    """The volume and attachment calls the store makes, with one client."""
+def _uncertain(error):
+    """An answer that does not say whether a create took effect."""
+    if isinstance(error, cinder_exc.ClientException):
+        return getattr(error, 'code', 0) in RETRIABLE_STATUS + [500]
+    return isinstance(error, (ks_exc.ConnectionError,
+                              ks_exc.RetriableConnectionFailure))
 
-    def __init__(self, client, timeout, attach_retries=5):
+
+class Volumes:
+    """The volume and attachment calls the store makes, with one client.
+
+    ``once`` is a client that does not retry 5xx answers, for the calls
+    that are not idempotent (volume and attachment create): those are
+    retried only after a lookup shows that the first call did not take
+    effect.
+    """
+
+    #: attempts of a non-idempotent create whose answer was uncertain
+    CREATE_ATTEMPTS = 3
+
+    def __init__(self, client, timeout, attach_retries=5, once=None):
         self.client = client
+        self.once = once or client
         self.timeout = timeout
         self.attach_retries = attach_retries
+
+    def _create_once(self, create, lookup):
+        """``create()``; after an uncertain failure, ``lookup()`` decides.
+
+        The lookup returns what the failed call created (then that is the
+        result) or None (then the create is tried again, a bounded number
+        of times).
+        """
+        for attempt in range(1, self.CREATE_ATTEMPTS + 1):
+            try:
+                return create()
+            except (cinder_exc.ClientException, ks_exc.ClientException) as e:
+                if not _uncertain(e) or attempt == self.CREATE_ATTEMPTS:
+                    raise
+                LOG.warning('uncertain answer from Cinder (%s): looking up '
+                            'whether the call took effect', e)
+                time.sleep(0.5 * attempt)
+                found = lookup()
+                if found is not None:
+                    return found
 
     def get(self, volume_id):
         with translated_errors('volume %s' % volume_id):
@@ -226,10 +272,22 @@ class Volumes:
             return self.client.volume_types.default()
 
     def create(self, size_gb, name, metadata, volume_type):
-        with translated_errors('creating volume %s' % name):
-            return self.client.volumes.create(
+        def create():
+            return self.once.volumes.create(
                 size_gb, name=name, metadata=metadata,
                 volume_type=volume_type)
+
+        def lookup():
+            # ours: the same name and the same metadata (the upload mark
+            # names this process and this moment)
+            for vol in self.client.volumes.list(search_opts={'name': name}):
+                if all((vol.metadata or {}).get(k) == v
+                       for k, v in metadata.items()):
+                    return vol
+            return None
+
+        with translated_errors('creating volume %s' % name):
+            return self._create_once(create, lookup)
 
     def wait_for(self, volume, wanted, transitional, timeout=None):
         """Poll ``volume`` until its status is ``wanted``; fail fast on error.
@@ -283,9 +341,23 @@ class Volumes:
             wait=tenacity.wait_exponential(multiplier=0.2, max=4),
             stop=tenacity.stop_after_attempt(self.attach_retries + 1),
             reraise=True)
-        with translated_errors('reserving volume %s' % volume_id):
-            return retry(self.client.attachments.create, volume_id, None,
+
+        def create():
+            return retry(self.once.attachments.create, volume_id, None,
                          mode=mode)
+
+        def lookup():
+            # Callers hold the volume's lock on this host: a reserved
+            # attachment without a host in our mode is the one we made.
+            found = [a for a in self.client.attachments.list(
+                search_opts={'volume_id': volume_id}, detailed=True)
+                if a.status == 'reserved' and
+                getattr(a, 'attach_mode', mode) == mode and
+                not getattr(a, 'instance', None)]
+            return {'id': found[0].id} if len(found) == 1 else None
+
+        with translated_errors('reserving volume %s' % volume_id):
+            return self._create_once(create, lookup)
 
     def attachment_update(self, attachment_id, connector):
         with translated_errors('attachment %s' % attachment_id):

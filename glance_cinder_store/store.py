@@ -86,9 +86,11 @@ class CinderStore(glance_store.driver.Store):
     def volumes(self, context=None):
         """The Cinder calls of this store, as the service or ``context``."""
         conf = self.store_conf
-        return cinder.Volumes(self.clients.client(context),
-                              conf.cinder_state_transition_timeout,
-                              conf.cinder_attachment_retry_attempts)
+        return cinder.Volumes(
+            self.clients.client(context),
+            conf.cinder_state_transition_timeout,
+            conf.cinder_attachment_retry_attempts,
+            once=self.clients.client(context, idempotent=False))
 
     def configure_add(self):
         try:

@@ -192,3 +192,60 @@ def test_volume_type_lookups_are_translated():
         vols.volume_type('gold')
     with pytest.raises(exceptions.BackendException, match='default'):
         vols.default_volume_type()
+
+
+def test_creates_are_not_retried_on_5xx_by_the_http_layer(conf, version):
+    client = cinder.CinderClientFactory(conf).client(idempotent=False)
+    assert client.client.status_code_retries == 0
+
+
+class Found:
+    def __init__(self, vid, metadata=None, status='reserved', mode='rw'):
+        self.id = vid
+        self.metadata = metadata or {}
+        self.status = status
+        self.attach_mode = mode
+        self.instance = None
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    monkeypatch.setattr(cinder.time, 'sleep', lambda s: None)
+
+
+def test_volume_create_that_took_effect_is_not_repeated(no_sleep):
+    client = mock.Mock()
+    meta = {'glance_cinder_store_upload': 'mark-1'}
+    client.volumes.create.side_effect = cinder_exc.ClientException(503)
+    client.volumes.list.return_value = [Found('other', {}),
+                                        Found('ours', dict(meta))]
+    vol = cinder.Volumes(client, 1).create(1, 'image-x', meta, 'gold')
+    assert vol.id == 'ours' and client.volumes.create.call_count == 1
+
+
+def test_volume_create_that_did_not_take_effect_is_retried(no_sleep):
+    client = mock.Mock()
+    client.volumes.create.side_effect = [cinder_exc.ClientException(500),
+                                         Found('new')]
+    client.volumes.list.return_value = []
+    vol = cinder.Volumes(client, 1).create(1, 'image-x', {'k': 'v'}, 'gold')
+    assert vol.id == 'new' and client.volumes.create.call_count == 2
+
+
+def test_volume_create_refused_is_not_retried(no_sleep):
+    client = mock.Mock()
+    client.volumes.create.side_effect = cinder_exc.OverLimit(413)
+    with pytest.raises(exceptions.StorageFull):
+        cinder.Volumes(client, 1).create(1, 'image-x', {}, 'gold')
+    assert client.volumes.create.call_count == 1
+    assert not client.volumes.list.called
+
+
+def test_attachment_create_lookup_after_a_lost_answer(no_sleep):
+    client = mock.Mock()
+    client.attachments.create.side_effect = ks_exc.ConnectFailure('reset')
+    client.attachments.list.return_value = [Found('a9', status='attached'),
+                                            Found('a7')]
+    assert cinder.Volumes(client, 1).attachment_create('v', 'rw') == {
+        'id': 'a7'}
+    assert client.attachments.create.call_count == 1
