@@ -238,6 +238,7 @@ class CinderStore(glance_store.driver.Store):
             volume = volumes.get(volume_id)
         except exceptions.NotFound as e:
             raise self._not_visible(e, volume_id, context)
+        self._check_image_volume(volume, location)
         size = image_size(volume)
         if offset < 0 or offset > size:
             raise exceptions.BackendException(
@@ -258,6 +259,37 @@ class CinderStore(glance_store.driver.Store):
                 chunk_size=self.store_conf.cinder_plus_io_chunk_size,
                 queue_depth=self.store_conf.cinder_plus_io_queue_depth)
 
+    def _check_image_volume(self, volume, location):
+        """Refuse a volume that is not an image volume of this store.
+
+        Glance passes no image id to get and delete, so what we can check
+        is: the volume has this store's volume type, and it is an image
+        volume (``glance_image_id``, the image's when Glance gave us its
+        id).  Cinder's upload-to-image by clone sets ``glance_image_id``
+        only after adding the location, so until then its volume named
+        ``image-<id>`` with an ``image_owner`` passes too.
+        """
+        why = None
+        wanted_type = self.store_conf.cinder_volume_type
+        image_id = getattr(location, 'image_id', None)
+        metadata = getattr(volume, 'metadata', None) or {}
+        owner = metadata.get('glance_image_id')
+        if wanted_type and volume.volume_type != wanted_type:
+            why = 'its volume type %s is not this store\'s (%s)' % (
+                volume.volume_type, wanted_type)
+        elif owner is None:
+            name = getattr(volume, 'name', '') or ''
+            if not (name.startswith('image-') and 'image_owner' in metadata
+                    and (image_id is None or name == 'image-' + image_id)):
+                why = 'it has no glance_image_id: not an image volume'
+        elif image_id is not None and owner != image_id:
+            why = 'it belongs to image %s' % owner
+        if why:
+            raise exceptions.NotFound(
+                'store %s: volume %s is not an image volume of this store '
+                '(%s): refusing to attach, read or delete it'
+                % (self.name, volume.id, why))
+
     def _not_visible(self, error, volume_id, context):
         """Say why a reader may not see the volume in per-user mode."""
         if self.clients.uses_service_credentials or context is None:
@@ -273,7 +305,9 @@ class CinderStore(glance_store.driver.Store):
     def get_size(self, location, context=None):
         volume_id = location.store_location.volume_id
         try:
-            return image_size(self.volumes(context).get(volume_id))
+            volume = self.volumes(context).get(volume_id)
+            self._check_image_volume(volume, location)
+            return image_size(volume)
         except exceptions.NotFound:
             raise
         except Exception:
@@ -287,7 +321,9 @@ class CinderStore(glance_store.driver.Store):
     def delete(self, location, context=None):
         volume_id = location.store_location.volume_id
         volumes = self.volumes(context)
-        volumes.get(volume_id)      # NotFound for Glance to ignore
+        # NotFound (gone, or not an image volume of ours): Glance drops the
+        # location and leaves the volume alone
+        self._check_image_volume(volumes.get(volume_id), location)
         self.attachments.release_idle(volumes, volume_id)
         volume = self._wait_unattached(volumes, volume_id)
         try:

@@ -399,3 +399,40 @@ def test_add_final_step_failure_deletes_volume(store, cinder, context, step):
                   context=context)
     assert cinder.volumes == {}
     no_leaks(cinder)
+
+
+@pytest.mark.parametrize('name,metadata,vtype,why', [
+    ('data', {}, 'gold-type', 'no glance_image_id'),
+    ('image-x', {'glance_image_id': 'x'}, 'silver-type', 'volume type'),
+    ('image-x', {'image_owner': 'p'}, 'silver-type', 'volume type'),
+])
+def test_foreign_volumes_are_never_attached_read_or_deleted(
+        store, cinder, context, name, metadata, vtype, why):
+    vol = cinder.create(1, name, metadata, vtype)
+    loc = location_for(store, 'cinder://gold/%s' % vol.id)
+    with pytest.raises(exceptions.NotFound, match=why):
+        store.get(loc, context=context)
+    with pytest.raises(exceptions.NotFound, match=why):
+        store.get_size(loc, context=context)
+    with pytest.raises(exceptions.NotFound, match=why):
+        store.delete(loc, context=context)
+    assert vol.id in cinder.volumes
+    assert not [c for c in cinder.calls if c[0] == 'attachment_create']
+
+
+def test_image_id_is_checked_when_glance_gives_it(store, cinder, context):
+    vol = cinder.create(1, 'image-a', {'glance_image_id': 'a'}, 'gold-type')
+    loc = location_for(store, 'cinder://gold/%s' % vol.id)
+    loc.image_id = 'b'
+    with pytest.raises(exceptions.NotFound, match='belongs to image a'):
+        store.get(loc, context=context)
+    loc.image_id = 'a'
+    assert store.get_size(loc, context=context) == units.Gi
+
+
+def test_cinder_clone_before_its_location_is_added_is_readable(
+        store, cinder, context):
+    # upload-to-image by clone: glance_image_id comes after add_location
+    vol = cinder.create(1, 'image-c', {'image_owner': 'p'}, 'gold-type')
+    loc = location_for(store, 'cinder://gold/%s' % vol.id)
+    assert store.get_size(loc, context=context) == units.Gi
