@@ -2,8 +2,9 @@
 
 Readers of a volume on this host share one read-only Cinder attachment and
 one os-brick connection: the first reader attaches, later readers join, the
-last one out detaches (optionally after a grace period, so back-to-back
-downloads skip the attach).  Writers get an exclusive read-write attachment.
+last one out leaves it idle in the warm cache (warm.py), which detaches it
+later or at once when someone else needs the volume.  Writers get an
+exclusive read-write attachment.
 
 Who holds what lives in a record per volume (holders.py), changed only under
 that volume's external lock; the lock covers the attach and detach critical
@@ -14,13 +15,11 @@ Cinder for another attachment of the volume on this host (nova, say) and
 leave the device alone if there is one.
 """
 
-import atexit
 import contextlib
 import dataclasses
 import logging
 import os
 import socket
-import threading
 import time
 
 from glance_store import exceptions
@@ -31,6 +30,7 @@ from glance_cinder_store.connectors import base as connector_base
 from glance_cinder_store import holders
 from glance_cinder_store import privileged
 from glance_cinder_store.privileged import access
+from glance_cinder_store import warm
 
 LOG = logging.getLogger(__name__)
 
@@ -121,10 +121,12 @@ class HostAttachments:
         self.wait_timeout = (conf.cinder_state_transition_timeout
                              if wait_timeout is None else wait_timeout)
         self._props = None
-        self._idle = {}             # volume id -> Volumes, while lingering
-        self._idle_lock = threading.Lock()
         self._secrets = {}          # attachment id -> full connection info
         connector_base.setup_os_brick()
+        self.warm = warm.WarmCache(
+            conf.cinder_plus_warm_attachments, self.grace,
+            conf.cinder_plus_warm_check_interval, self._evict_idle,
+            self._released_elsewhere)
 
     # -- building blocks ------------------------------------------------
 
@@ -165,7 +167,7 @@ class HostAttachments:
             yield Attached(volume.id, mode, connection, record.device_info)
         finally:
             try:
-                self._release(volumes, volume.id, me)
+                self._release(volumes, volume.id, me, volume)
             except Exception:
                 LOG.exception('volume %s: detach failed; the next user of '
                               'the volume or glance-cinder-store-cleanup '
@@ -173,6 +175,7 @@ class HostAttachments:
 
     def release_idle(self, volumes, volume_id):
         """Detach a lingering attachment nobody uses; True if none is left."""
+        self.warm.forget(volume_id)
         return self._detach_unused(volumes, volume_id) != 'held'
 
     def recover(self, volumes):
@@ -280,6 +283,7 @@ class HostAttachments:
                     if not record.holders and not (
                             mode == 'ro' and self._lingering(record)):
                         # also finishes an earlier detach that failed
+                        self.warm.forget(volume.id)
                         self._detach(volumes, record)
                         record = None
                 if record is None:
@@ -289,6 +293,7 @@ class HostAttachments:
                     record.holders.append(me)
                     record.idle_since = None
                     self.records.save(record)
+                    self.warm.take(volume.id)
                     return record
                 busy = record.mode
             if time.monotonic() > deadline:
@@ -301,17 +306,22 @@ class HostAttachments:
             delay = min(delay * 2, 1.0)
 
     def _attach_new(self, volumes, volume, mode, me):
-        attachment = volumes.attachment_create(volume.id, mode)
+        # The connector goes with the create: Cinder answers with the
+        # connection info, no separate attachment update needed.
+        attachment = volumes.attachment_create(volume.id, mode,
+                                               self.connector_properties())
         record = holders.Record(volume.id, attachment['id'], mode,
                                 holders=[me],
                                 guard=connector_base.guard_of(volume))
         self.records.save(record)
         pause_point('attaching')
         try:
-            updated = volumes.attachment_update(record.attachment_id,
-                                                self.connector_properties())
-            record.connection_info = updated.connection_info
-            self._secrets[record.attachment_id] = updated.connection_info
+            record.connection_info = attachment.get('connection_info')
+            if not record.connection_info:     # an older Cinder
+                record.connection_info = volumes.attachment_update(
+                    record.attachment_id,
+                    self.connector_properties()).connection_info
+            self._secrets[record.attachment_id] = record.connection_info
             self.records.save(record)
             connection = self.connection(record, volume)
             with connector_base.guarded(record.guard):
@@ -331,7 +341,7 @@ class HostAttachments:
             self._detach(volumes, record)
             raise
 
-    def _release(self, volumes, volume_id, me):
+    def _release(self, volumes, volume_id, me, volume=None):
         with self.lock(volume_id):
             record = self._load(volumes, volume_id)
             if record is None:
@@ -342,46 +352,24 @@ class HostAttachments:
             record.prune()
             if record.holders:
                 self.records.save(record)
-            elif record.mode == 'ro' and self.grace > 0:
+            elif (record.mode == 'ro' and record.state == holders.ATTACHED
+                  and self.warm.enabled):
                 record.idle_since = time.time()
                 self.records.save(record)
-                self._reap_later(volumes, volume_id)
+                self.warm.keep(volume_id, volumes, volume)
             else:
                 self._detach(volumes, record)
 
-    def _reap_later(self, volumes, volume_id):
-        """Detach after the grace period, or when this process exits."""
-        with self._idle_lock:
-            if not self._idle:
-                atexit.register(self._reap_all)
-            self._idle[volume_id] = volumes
-        timer = threading.Timer(self.grace + 0.05, self._reap,
-                                (volume_id, False))
-        timer.daemon = True
-        timer.start()
+    # -- the warm cache's hooks ---------------------------------------------
 
-    def _reap(self, volume_id, now):
-        with self._idle_lock:
-            volumes = self._idle.get(volume_id)
-        if volumes is None:
-            return
-        try:
-            outcome = self._detach_unused(volumes, volume_id,
-                                          spare_lingering=not now)
-            if outcome != 'lingering':      # else the exit hook retries
-                with self._idle_lock:
-                    self._idle.pop(volume_id, None)
-        except Exception:
-            LOG.exception('volume %s: detaching after the grace period '
-                          'failed; the next user or the clean-up tool '
-                          'will retry', volume_id)
+    def _evict_idle(self, volume_id, volumes, force):
+        """Detach an idle attachment (unless another process re-used it)."""
+        return self._detach_unused(volumes, volume_id,
+                                   spare_lingering=not force)
 
-    def _reap_all(self):
-        """At exit: nobody in this process will come back for them."""
-        with self._idle_lock:
-            pending = list(self._idle)
-        for volume_id in pending:
-            self._reap(volume_id, now=True)
+    def _released_elsewhere(self, volumes, volume_ids):
+        """Ids of volumes another host asked us to let go of."""
+        return volumes.release_requested(volume_ids)
 
     def _detach(self, volumes, record):
         """Undo ``record`` as far as it got: ACL, device, attachment, file.

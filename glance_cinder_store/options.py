@@ -29,13 +29,44 @@ next user or by ``glance-cinder-store-cleanup``. Must be writable by the
 glance-api user and local to the host (not shared between hosts).
 """),
     cfg.FloatOpt('cinder_plus_attach_grace_period',
-                 default=0.0, min=0.0,
+                 default=300.0, min=0.0,
                  help="""
-Seconds to keep a read-only attachment after its last reader finished.
+Seconds to keep a read-only attachment after its last reader finished (the
+warm attachment cache).
 
-Back-to-back downloads of a popular image then skip the attach (about 0.2 s
-each). A lingering attachment never blocks a delete, an extend or a writer:
-the store detaches it first. 0 detaches as soon as the last reader is done.
+A download of an image read within this time skips the attach (Cinder round
+trips, about 0.2 s) and reads from the host's page cache: its first byte
+comes at once.  An idle attachment never blocks anyone: a delete or a writer
+on this host detaches it at once; a delete on another host, or a reader on
+another host of a volume that cannot be attached twice, asks for it through
+the volume's metadata and gets it within
+``cinder_plus_warm_check_interval``.  0 turns the cache off: the last
+reader detaches.
+"""),
+    cfg.IntOpt('cinder_plus_warm_attachments',
+               default=8, min=0,
+               help="""
+Most idle read-only attachments each glance-api process keeps (the warm
+attachment cache); beyond that the least recently used one is detached.
+
+Each one holds a device on the host (a loop device, an iSCSI session...)
+and a Cinder attachment.  0 turns the cache off.
+"""),
+    cfg.FloatOpt('cinder_plus_warm_check_interval',
+                 default=5.0, min=0.5,
+                 help="""
+Seconds between two checks, while the warm attachment cache holds
+something, whether another host asked for one of its volumes.
+
+Each check costs one Cinder volume GET per idle attachment of the process.
+A delete on another host waits at most about this long for us.
+"""),
+    cfg.BoolOpt('cinder_plus_prestart_privsep',
+                default=True,
+                help="""
+Start the privsep daemons (this driver's and os-brick's) in the background
+when the store is configured, so the first upload or download after a
+glance-api worker starts does not wait about 2 s for them.
 """),
     cfg.IntOpt('cinder_plus_io_chunk_size',
                default=4 * 1024 * 1024, min=64 * 1024,
@@ -60,14 +91,25 @@ punching a hole in a file) instead of writing them as bytes.
 Keeps thin-provisioned volumes thin and makes sparse images fast to upload.
 The result reads back identical.
 """),
+    cfg.FloatOpt('cinder_plus_extend_factor',
+                 default=1.33, min=1.01, max=4.0,
+                 help="""
+How much a volume written from data of unknown size grows each time it
+fills up: its size times this factor, at least 1 GiB and at most
+``cinder_plus_max_extend_step_gb`` more.
+
+The unused part at the end is at most ``1 - 1/factor`` of the volume once
+it is past a few GiB (25% for 1.33; 50% for 2, which doubles), which costs
+quota, and space on thick backends.  A smaller factor needs more extends
+(about log(N)/log(factor) for N GiB; 1.33: 8 for 10 GiB, 14 for 50 GiB),
+each a Cinder call and a wait of about a second (measured by
+``tools/bench``, see doc/source/performance.rst).
+"""),
     cfg.IntOpt('cinder_plus_max_extend_step_gb',
                default=64, min=1,
                help="""
-Largest single growth, in GiB, of a volume written from data of unknown size.
-
-Such volumes double in size each time they fill up (fewer extends, at most
-half the volume unused at the end, which costs nothing on thin backends),
-but never by more than this.
+Largest single growth, in GiB, of a volume written from data of unknown
+size (see ``cinder_plus_extend_factor``).
 """),
 ]
 

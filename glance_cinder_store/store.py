@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import threading
 import time
 
@@ -26,6 +27,7 @@ from glance_cinder_store import heal
 from glance_cinder_store import holders
 from glance_cinder_store import location
 from glance_cinder_store import options
+from glance_cinder_store import privileged
 from glance_cinder_store import transfer
 
 # glance_store looks the location class up by this name in this module.
@@ -100,6 +102,9 @@ class CinderStore(glance_store.driver.Store):
             LOG.error('store %s: %s', self.name, e)
         else:
             self._start_healing()
+        if self.store_conf.cinder_plus_prestart_privsep:
+            privileged.start_in_background(self.store_conf.rootwrap_config,
+                                           ours=os.getuid() != 0)
         volume_type = self.store_conf.cinder_volume_type
         if not volume_type or not self.clients.uses_service_credentials:
             return
@@ -234,10 +239,12 @@ class CinderStore(glance_store.driver.Store):
     def get(self, location, offset=0, chunk_size=None, context=None):
         volume_id = location.store_location.volume_id
         volumes = self.volumes(context)
-        try:
-            volume = volumes.get(volume_id)
-        except exceptions.NotFound as e:
-            raise self._not_visible(e, volume_id, context)
+        volume = self._warm_volume(volume_id)
+        if volume is None:
+            try:
+                volume = volumes.get(volume_id)
+            except exceptions.NotFound as e:
+                raise self._not_visible(e, volume_id, context)
         self._check_image_volume(volume, location)
         size = image_size(volume)
         if offset < 0 or offset > size:
@@ -249,6 +256,16 @@ class CinderStore(glance_store.driver.Store):
             length = min(length, chunk_size)
         return (self._read(volumes, volume, offset, length),
                 chunk_size or size)
+
+    def _warm_volume(self, volume_id):
+        """The volume of a warm attachment: no Cinder round trip.
+
+        Only with the store's own credentials: with the user's token, the
+        Cinder GET is also the check that the user may see the volume.
+        """
+        if not self.clients.uses_service_credentials:
+            return None
+        return self.attachments.warm.volume(volume_id)
 
     def _read(self, volumes, volume, offset, length):
         if length == 0:
@@ -323,7 +340,12 @@ class CinderStore(glance_store.driver.Store):
         volumes = self.volumes(context)
         # NotFound (gone, or not an image volume of ours): Glance drops the
         # location and leaves the volume alone
-        self._check_image_volume(volumes.get(volume_id), location)
+        volume = volumes.get(volume_id)
+        self._check_image_volume(volume, location)
+        if any(a.get('host_name') != self.attachments.host
+               for a in volume.attachments):
+            # Other hosts may keep it warm (idle): ask them to let go.
+            volumes.request_release(volume_id)
         self.attachments.release_idle(volumes, volume_id)
         volume = self._wait_unattached(volumes, volume_id)
         try:
@@ -409,11 +431,24 @@ def _translated_os_error(error):
     return error
 
 
+def grown_size_gb(size_gb, needed_bytes, factor, max_step_gb):
+    """The size to grow a volume of ``size_gb`` to, for unknown sizes.
+
+    Grows by ``factor`` (at least 1 GiB, at most ``max_step_gb`` a step),
+    so at the end at most ``1 - 1/factor`` of the volume is unused once it
+    is past a few GiB (25% for the default 1.33), in about
+    log(N)/log(factor) extends for N GiB.  Never less than ``needed_bytes``.
+    """
+    step = math.floor(size_gb * (factor - 1) + 1e-9)
+    step = max(1, min(step, max_step_gb))
+    return max(math.ceil(needed_bytes / units.Gi), size_gb + step)
+
+
 class _Grower:
     """Grows a volume being written with data of unknown size.
 
-    Doubles the volume (capped by ``cinder_plus_max_extend_step_gb``) so a
-    stream of N GiB needs about log2(N) extends.  Online extend keeps the
+    Grows the volume by ``cinder_plus_extend_factor`` (see
+    ``grown_size_gb``).  Online extend keeps the
     attachment; when the operator says the backend cannot extend attached
     volumes (``cinder_do_extend_attached = False``) we detach, extend and
     attach again.
@@ -429,8 +464,9 @@ class _Grower:
     def __call__(self, needed_bytes):
         conf = self.store.store_conf
         size_gb = self.volume.size
-        step = min(size_gb, conf.cinder_plus_max_extend_step_gb)
-        new_gb = max(math.ceil(needed_bytes / units.Gi), size_gb + step)
+        new_gb = grown_size_gb(size_gb, needed_bytes,
+                               conf.cinder_plus_extend_factor,
+                               conf.cinder_plus_max_extend_step_gb)
         online = (conf.cinder_do_extend_attached and
                   self.store.clients.online_extend_supported)
         LOG.info('volume %s: growing %d -> %d GiB (%s)', self.volume.id,

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import queue
@@ -391,46 +392,50 @@ def _put(inbox, item, failed):
 
 def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
                queue_depth=4):
-    """Yield ``length`` bytes of ``target`` from ``offset``, read ahead.
+    """Yield ``length`` bytes of ``target`` from ``offset``.
 
-    A thread reads the next chunks while the caller sends the previous
-    ones; closing the generator early stops it.
+    A device or file is read in the caller's thread, one ``pread`` per
+    chunk, and the kernel reads ahead (the descriptor is marked
+    sequential).  A read-ahead thread of our own made downloads slower
+    and costlier here: each chunk is then allocated in the thread's malloc
+    arena and freed by the caller, so every chunk lands on fresh pages
+    (page faults: 3-4x the CPU per GiB, see doc/source/performance.rst).
+    Handle-only targets (librbd and the like, where a read is a network
+    round trip) keep a read-ahead thread; closing the generator early
+    stops it.
     """
-    if isinstance(target, str):
-        fd = os.open(target, os.O_RDONLY)
+    if not isinstance(target, str):
+        def pread(n, at):
+            target.seek(at)
+            return target.read(n)
+        pieces = _pieces(pread, offset, length, chunk_size)
+        if threads_are_green():
+            yield from pieces
+        else:
+            yield from _read_ahead(pieces, queue_depth)
+        return
+    fd = os.open(target, os.O_RDONLY)
+    try:
         try:
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
             pass
-
-        def pread(n, at):
-            return os.pread(fd, n, at)
-    else:
-        fd = None
-
-        def pread(n, at):
-            target.seek(at)
-            return target.read(n)
-
-    def pieces():
-        pos, end = offset, offset + length
-        while pos < end:
-            data = pread(min(chunk_size, end - pos), pos)
-            if not data:
-                raise exceptions.BackendException(
-                    'device ended at %d bytes, before the image end (%d)'
-                    % (pos, end))
-            yield data
-            pos += len(data)
-
-    try:
-        if threads_are_green():
-            yield from pieces()
-        else:
-            yield from _read_ahead(pieces(), queue_depth)
+        yield from _pieces(functools.partial(os.pread, fd), offset, length,
+                           chunk_size)
     finally:
-        if fd is not None:
-            os.close(fd)
+        os.close(fd)
+
+
+def _pieces(pread, offset, length, chunk_size):
+    pos, end = offset, offset + length
+    while pos < end:
+        data = pread(min(chunk_size, end - pos), pos)
+        if not data:
+            raise exceptions.BackendException(
+                'device ended at %d bytes, before the image end (%d)'
+                % (pos, end))
+        yield data
+        pos += len(data)
 
 
 def _read_ahead(iterator, depth):

@@ -20,6 +20,7 @@ from glance_store import exceptions
 from glance_store import location as gs_location
 import pytest
 
+from glance_cinder_store.cinder import RELEASE_MARK
 from tests.functional import conftest as fx
 from tests.functional import test_driver
 from tests.functional.test_images import pattern
@@ -167,8 +168,13 @@ def test_16_downloads_from_4_processes_share_one_attachment(
     assert not failures
     assert all(r[1] == sha for r in results)
     assert peak == 1
+    # glance-api keeps it warm (idle) for the next download, and lets go
+    # within seconds when another host asks for the volume
+    assert len(our_attachments(cinder, vol.id)) == 1
+    cinder.volumes.set_metadata(vol.id, {RELEASE_MARK: 'wanted'})
     fx.wait_for(lambda: not cinder.volumes.get(vol.id).attachments,
-                timeout=60, what='attachments released')
+                timeout=60, what='warm attachment released on request')
+    cinder.volumes.delete_metadata(vol.id, [RELEASE_MARK])
 
 
 def test_same_load_on_the_builtin_driver_for_comparison(

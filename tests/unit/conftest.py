@@ -27,7 +27,10 @@ def make_conf(tmp_path, **overrides):
                   cinder_plus_state_dir=str(tmp_path / 'state'),
                   cinder_plus_io_chunk_size=256 * 1024,
                   cinder_plus_self_heal_interval=0,
-                  cinder_state_transition_timeout=2)
+                  cinder_state_transition_timeout=2,
+                  # tests that want the warm cache turn it on
+                  cinder_plus_attach_grace_period=0,
+                  cinder_plus_prestart_privsep=False)
     values.update(overrides)
     for key, value in values.items():
         conf.set_override(key, value, group='gold')

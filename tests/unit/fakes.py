@@ -148,7 +148,7 @@ class FakeVolumes:
         self._vol(volume.id).readonly = True
 
     # attachments
-    def attachment_create(self, volume_id, mode):
+    def attachment_create(self, volume_id, mode, connector=None):
         self._call('attachment_create', volume_id, mode)
         vol = self._vol(volume_id)
         aid = 'att-%d' % next(self._ids)
@@ -156,16 +156,36 @@ class FakeVolumes:
         vol.attachments.append({'attachment_id': aid, 'host_name': None,
                                 'device': None})
         vol.status = 'reserved'
-        return {'id': aid}
+        if connector is None:
+            return {'id': aid}
+        # Cinder connects it at once (no attachment_update needed)
+        self._connect(aid, connector)
+        return {'id': aid, 'connection_info': self.connection_info(volume_id)}
 
-    def attachment_update(self, attachment_id, connector):
-        self._call('attachment_update', attachment_id)
+    def _connect(self, attachment_id, connector):
         volume_id, mode, _ = self.attachments[attachment_id]
         self.attachments[attachment_id] = (volume_id, mode, connector['host'])
         for a in self._vol(volume_id).attachments:
             if a['attachment_id'] == attachment_id:
                 a['host_name'] = connector['host']
                 a['device'] = connector.get('mountpoint')
+
+    def request_release(self, volume_id):
+        from glance_cinder_store import cinder
+        self._call('request_release', volume_id)
+        self._vol(volume_id).metadata[cinder.RELEASE_MARK] = 'wanted'
+        return True
+
+    def release_requested(self, volume_ids):
+        from glance_cinder_store import cinder
+        self._call('release_requested', tuple(volume_ids))
+        return [v for v in volume_ids if v not in self.volumes or
+                cinder.RELEASE_MARK in self.volumes[v].metadata]
+
+    def attachment_update(self, attachment_id, connector):
+        self._call('attachment_update', attachment_id)
+        self._connect(attachment_id, connector)
+        volume_id, mode, _ = self.attachments[attachment_id]
         return FakeAttachment(attachment_id, self.connection_info(volume_id),
                               mode)
 

@@ -227,6 +227,6 @@ def test_lingering_attachment_is_detached_at_exit(make_host, cinder, volume):
     with host.attach(cinder, volume, 'ro'):
         pass
     assert len(cinder.attachments) == 1
-    host._reap_all()            # what atexit runs
+    host.warm.close()           # what atexit runs
     assert cinder.attachments == {}
     assert fakes.FakeConnection.connected == {}

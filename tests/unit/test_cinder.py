@@ -249,3 +249,42 @@ def test_attachment_create_lookup_after_a_lost_answer(no_sleep):
     assert cinder.Volumes(client, 1).attachment_create('v', 'rw') == {
         'id': 'a7'}
     assert client.attachments.create.call_count == 1
+
+
+def test_attachment_create_passes_the_connector():
+    client = mock.Mock()
+    client.attachments.create.return_value = {'id': 'a1',
+                                              'connection_info': {'x': 1}}
+    got = cinder.Volumes(client, 1).attachment_create('v', 'ro',
+                                                      {'host': 'h'})
+    assert got['connection_info'] == {'x': 1}
+    client.attachments.create.assert_called_once_with('v', {'host': 'h'},
+                                                      mode='ro')
+
+
+def test_busy_elsewhere_asks_other_hosts_to_let_go():
+    client = mock.Mock()
+    in_use = cinder_exc.BadRequest(
+        400, 'Invalid volume: Volume v status must be available or '
+        'downloading to reserve, but the current status is in-use.')
+    client.attachments.create.side_effect = [in_use, in_use, {'id': 'a1'}]
+    cinder.Volumes(client, 1).attachment_create('v', 'ro')
+    client.volumes.set_metadata.assert_called_once_with(
+        'v', {cinder.RELEASE_MARK: 'wanted'})
+
+
+def test_release_requested_by_mark_or_gone():
+    client = mock.Mock()
+    marked = mock.Mock(metadata={cinder.RELEASE_MARK: 'wanted'})
+    plain = mock.Mock(metadata={})
+    client.volumes.get.side_effect = [marked, plain,
+                                      cinder_exc.NotFound(404)]
+    assert cinder.Volumes(client, 1).release_requested(
+        ['a', 'b', 'c']) == ['a', 'c']
+
+
+def test_polls_fast_for_the_first_second():
+    states = [mock.Mock(attempt_number=n) for n in (1, 10, 20, 21, 40)]
+    waits = [cinder._poll_wait(s) for s in states]
+    assert waits[:3] == [0.05, 0.05, 0.05]
+    assert 0.05 < waits[3] < waits[4] == 2.0

@@ -256,7 +256,7 @@ def test_a_replaced_device_is_never_joined(make_store, cinder):
                        match='no longer the one connected'):
         with host.attach(cinder, vol, 'ro'):
             pass
-    host._reap_all()
+    host.warm.close()
 
 
 def test_loop_device_must_be_backed_by_the_volume():

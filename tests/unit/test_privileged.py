@@ -102,3 +102,54 @@ def test_a_user_can_really_read_after_grant(loop_device):
                              '--clear-groups', 'head', '-c', '1',
                              loop_device], capture_output=True)
     assert denied.returncode != 0
+
+
+class FakeContext:
+    def __init__(self, fail=None):
+        self.channel = None
+        self.pypath = 'fake'
+        self.fail = fail
+        self.starts = 0
+
+    def start(self):
+        self.starts += 1
+        if self.fail:
+            raise self.fail
+        self.channel = object()
+
+
+def test_daemons_start_in_the_background(monkeypatch):
+    import glance_cinder_store.privileged as priv
+    ours, brick = FakeContext(), FakeContext(OSError('no sudo'))
+    monkeypatch.setattr(priv, '_contexts',
+                        lambda want_ours: ([ours] if want_ours else []) +
+                        [brick])
+    monkeypatch.setattr(priv, 'init', lambda conf: None)
+    priv.start_in_background('/etc/glance/rootwrap.conf').join(5)
+    assert ours.channel is not None
+    assert brick.starts == 1            # failed: logged, not raised
+    priv.start_in_background('/etc/glance/rootwrap.conf').join(5)
+    assert ours.starts == 1             # already running: left alone
+    root = FakeContext()
+    monkeypatch.setattr(priv, '_contexts',
+                        lambda want_ours: [root] if want_ours else [])
+    priv.start_in_background('x', ours=False).join(5)
+    assert root.starts == 0
+
+
+def test_a_forked_child_starts_its_own_daemons(monkeypatch):
+    import glance_cinder_store.privileged as priv
+    monkeypatch.setattr(priv.default, 'channel', object())
+    priv._forget_parents_daemons()
+    assert priv.default.channel is None
+
+
+def test_configure_add_prestarts_unless_told_not_to(make_store, monkeypatch):
+    import glance_cinder_store.privileged as priv
+    calls = []
+    monkeypatch.setattr(priv, 'start_in_background',
+                        lambda conf, ours: calls.append((conf, ours)))
+    make_store()
+    assert calls == []
+    make_store(cinder_plus_prestart_privsep=True)
+    assert calls == [('/etc/glance/rootwrap.conf', os.getuid() != 0)]

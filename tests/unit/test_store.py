@@ -123,7 +123,8 @@ def test_add_size_mismatch_deletes_volume(store, cinder, context, declared,
 
 def test_add_unknown_size_grows_volume(make_store, cinder, context,
                                        monkeypatch):
-    store = make_store(cinder_do_extend_attached=True)
+    store = make_store(cinder_do_extend_attached=True,
+                       cinder_plus_extend_factor=2.0)
     monkeypatch.setattr(type(store.clients), 'online_extend_supported', True)
     # Pretend a GiB is 1 MiB so growth is cheap to test.
     monkeypatch.setattr(store_mod.units, 'Gi', 1024 * 1024)
@@ -139,6 +140,40 @@ def test_add_unknown_size_grows_volume(make_store, cinder, context,
     assert sum(1 for c in cinder.calls if c[0] == 'attachment_create') == 1
     with open(vol.path, 'rb') as f:
         assert f.read(len(data)) == data
+    no_leaks(cinder)
+
+
+def _grow_until(needed_gb, factor=1.33, max_step=64):
+    sizes = [1]
+    while sizes[-1] < needed_gb:
+        sizes.append(store_mod.grown_size_gb(
+            sizes[-1], sizes[-1] * units.Gi + 1, factor, max_step))
+    return sizes
+
+
+def test_growth_factor_bounds_the_unused_part():
+    assert _grow_until(10) == [1, 2, 3, 4, 5, 6, 7, 9, 11]
+    assert _grow_until(10, factor=2) == [1, 2, 4, 8, 16]
+    for needed in (6, 10, 50, 300):
+        sizes = _grow_until(needed)
+        # the last step was taken when the volume before it was full
+        assert (sizes[-1] - sizes[-2]) / sizes[-1] <= 0.25
+    assert _grow_until(200, factor=2, max_step=64)[-3:] == [128, 192, 256]
+    # never less than what the data needs
+    assert store_mod.grown_size_gb(1, 10 * units.Gi, 1.33, 64) == 10
+
+
+def test_add_unknown_size_default_factor(make_store, cinder, context,
+                                         monkeypatch):
+    store = make_store(cinder_do_extend_attached=True)
+    monkeypatch.setattr(type(store.clients), 'online_extend_supported', True)
+    monkeypatch.setattr(store_mod.units, 'Gi', 1024 * 1024)
+    monkeypatch.setattr(fakes.units, 'Gi', 1024 * 1024)
+    data = data_of(5 * 1024 * 1024 + 3)
+    store.add(IMAGE_ID, io.BytesIO(data), 0, 'sha512', context=context)
+    extends = [c[2] for c in cinder.calls if c[0] == 'extend']
+    assert extends == [2, 3, 4, 5, 6]
+    assert sum(1 for c in cinder.calls if c[0] == 'attachment_create') == 1
     no_leaks(cinder)
 
 
@@ -334,6 +369,20 @@ def test_delete_waits_then_reports_in_use(store, cinder, context):
     assert vol.id in cinder.volumes
 
 
+def test_delete_asks_other_hosts_to_let_go(store, cinder, context,
+                                           monkeypatch):
+    loc = _stored(store, context, b'abcd')
+    (vol,) = cinder.volumes.values()
+    warm_elsewhere = {'attachment_id': 'a9', 'host_name': 'other-host'}
+    vol.attachments.append(warm_elsewhere)
+    # the other host's warm cache notices the mark and detaches
+    monkeypatch.setattr(store_mod.time, 'sleep',
+                        lambda s: vol.attachments.remove(warm_elsewhere))
+    store.delete(loc, context=context)
+    assert ('request_release', vol.id) in cinder.calls
+    assert cinder.volumes == {}
+
+
 def test_delete_detaches_lingering_reader(make_store, cinder, context):
     store = make_store(cinder_plus_attach_grace_period=60)
     loc = _stored(store, context, b'abcd')
@@ -436,3 +485,32 @@ def test_cinder_clone_before_its_location_is_added_is_readable(
     vol = cinder.create(1, 'image-c', {'image_owner': 'p'}, 'gold-type')
     loc = location_for(store, 'cinder://gold/%s' % vol.id)
     assert store.get_size(loc, context=context) == units.Gi
+
+
+def test_warm_get_skips_the_cinder_lookup(make_store, cinder, context):
+    store = make_store(cinder_plus_attach_grace_period=60)
+    loc = _stored(store, context, b'abcd')
+    for _ in range(3):
+        it, size = store.get(loc, context=context)
+        assert size == 4 and b''.join(it) == b'abcd'
+    gets = [c for c in cinder.calls if c[0] == 'get']
+    cinder.calls.clear()
+    it, _ = store.get(loc, context=context)
+    assert b''.join(it) == b'abcd'
+    assert not [c for c in cinder.calls if c[0] == 'get']
+    assert len(gets) >= 1
+    store.delete(loc, context=context)
+    no_leaks(cinder)
+
+
+def test_warm_get_with_user_tokens_asks_cinder(make_store, cinder, context):
+    store = make_store(cinder_plus_attach_grace_period=60,
+                       cinder_store_user_name=None,
+                       cinder_store_password=None)
+    loc = _stored(store, context, b'abcd')
+    for _ in range(2):
+        b''.join(store.get(loc, context=context)[0])
+    cinder.calls.clear()
+    b''.join(store.get(loc, context=context)[0])
+    assert [c for c in cinder.calls if c[0] == 'get']
+    store.delete(loc, context=context)

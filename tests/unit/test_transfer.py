@@ -187,15 +187,31 @@ def test_read_past_device_end_is_an_error(tmp_path):
 
 
 def test_read_closed_early_stops_read_ahead(tmp_path):
-    path = tmp_path / 'img'
-    path.write_bytes(random_bytes(4 * MiB))
-    it = transfer.read_range(str(path), 0, 4 * MiB, chunk_size=CHUNK,
+    handle = io.BytesIO(random_bytes(4 * MiB))
+    it = transfer.read_range(handle, 0, 4 * MiB, chunk_size=CHUNK,
                              queue_depth=2)
     next(it)
     it.close()
     import threading
     assert not [t for t in threading.enumerate()
                 if t.name == 'gcs-read-ahead']
+
+
+def test_devices_are_read_in_the_callers_thread(tmp_path, monkeypatch):
+    path = tmp_path / 'img'
+    data = random_bytes(MiB + 1)
+    path.write_bytes(data)
+    import threading
+    readers = set()
+    real_pread = os.pread
+
+    def pread(fd, n, at):
+        readers.add(threading.get_ident())
+        return real_pread(fd, n, at)
+    monkeypatch.setattr(transfer.os, 'pread', pread)
+    assert b''.join(transfer.read_range(str(path), 0, len(data),
+                                        chunk_size=CHUNK)) == data
+    assert readers == {threading.get_ident()}
 
 
 def test_handle_targets(tmp_path):

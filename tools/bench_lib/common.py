@@ -194,9 +194,10 @@ def median(values):
 
 
 def summary(samples):
-    """{'median', 'samples'} for a list of numbers (None dropped)."""
+    """{'median', 'min', 'max', 'samples'} of numbers (None dropped)."""
     clean = [v for v in samples if v is not None]
-    return {'median': median(clean), 'samples': clean}
+    return {'median': median(clean), 'min': min(clean, default=None),
+            'max': max(clean, default=None), 'samples': clean}
 
 
 def rate(nbytes, seconds):

@@ -278,6 +278,41 @@ class Bench:
             time.sleep(0.2)
         raise RuntimeError('volume %s not deleted after 300 s' % vol_id)
 
+    def extend_cost(self, extends=3):
+        """Seconds of each growth of an attached volume, as add does it.
+
+        The cost per extend for the growth-factor model (tools/bench's
+        capacity table): a fresh 1 GiB volume attached read-write, grown
+        ``extends`` times by 1 GiB through the store's own grower.
+        """
+        from glance_cinder_store import store as store_mod
+        from oslo_utils import units
+        store = self.store
+        volumes = store.volumes(self.ctx)
+        image_id = str(uuid.uuid4())
+        self.journal.write(image_id + '\n')
+        self.journal.flush()
+        vol = volumes.create(1, 'image-%s' % image_id,
+                             {'glance_image_id': image_id,
+                              'image_owner': self.ctx.project_id},
+                             store.store_conf.cinder_volume_type)
+        times = []
+        try:
+            vol = volumes.wait_for(vol, 'available', ('creating',))
+            with contextlib.ExitStack() as stack:
+                attached = stack.enter_context(
+                    store.attachments.attach(volumes, vol, 'rw'))
+                grow = store_mod._Grower(store, volumes, vol, stack,
+                                         attached)
+                for _ in range(extends):
+                    t = time.monotonic()
+                    grow((grow.volume.size + 1) * units.Gi)
+                    times.append(time.monotonic() - t)
+        finally:
+            url = 'cinder://%s/%s' % (self.backend, vol.id)
+            self.delete(self._location(url))
+        return {'seconds': times}
+
     @contextlib.contextmanager
     def image(self, size, size_arg, zero_fraction=0.0):
         """Add an image; yield (figures, location); delete it after."""
@@ -429,4 +464,11 @@ def run_scenarios(bench, spec):
                len(adds)))
     if want('small'):
         small_images()
+
+    def extend_cost():
+        out['extend_cost'] = bench.extend_cost()
+        log('%s: online extends %s s' % (name, ', '.join(
+            '%.2f' % t for t in out['extend_cost']['seconds'])))
+    if name == 'ours' and want('extend_cost'):
+        _attempt(out, 'extend_cost', extend_cost)
     return out

@@ -189,6 +189,31 @@ def sweep_leftovers(cinder, image_ids=(), timeout=300):
             time.sleep(5)
 
 
+def glance_api_cpu_s():
+    """CPU seconds used so far by glance-api's uwsgi processes."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmd = f.read()
+            if b'uwsgi' not in cmd or b'glance' not in cmd:
+                continue
+            with open('/proc/%s/stat' % pid, 'rb') as f:
+                fields = f.read().rsplit(b')', 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])      # utime + stime
+    return total / os.sysconf('SC_CLK_TCK')
+
+
+def _timed_download(api, image_id, size):
+    """(first byte s, seconds, glance-api CPU s per GiB) of a download."""
+    cpu = glance_api_cpu_s()
+    first, dt = api.download(image_id, size)
+    used = glance_api_cpu_s() - cpu
+    return first, dt, used * (1 << 30) / size
+
+
 def _parallel(fns):
     """Run callables in threads started together; (wall s, results)."""
     results = [None] * len(fns)
@@ -231,12 +256,25 @@ def run_repeat(api, cfg, stores=STORES):
             log('http %-8s upload %d MiB: %.0f MB/s'
                 % (s, big // MiB, out[s]['upload_mbps']))
         for s in stores:
-            first, dt = api.download(images[s], big)
+            # the first read after the upload (ours: cold, nothing cached)
+            first, dt, cpu = _timed_download(api, images[s], big)
             out[s]['download_s'] = dt
             out[s]['download_mbps'] = common.rate(big, dt)
             out[s]['first_byte_s'] = first
-            log('http %-8s download %d MiB: %.0f MB/s, first byte %.3f s'
-                % (s, big // MiB, out[s]['download_mbps'], first))
+            out[s]['download_cpu_s_per_gib'] = cpu
+            log('http %-8s download %d MiB: %.0f MB/s, first byte %.3f s, '
+                'glance-api CPU %.2f s/GiB'
+                % (s, big // MiB, out[s]['download_mbps'], first, cpu))
+        for s in stores:
+            # again: an image read within the last minute (warm)
+            first, dt, cpu = _timed_download(api, images[s], big)
+            out[s]['download_warm_s'] = dt
+            out[s]['download_warm_mbps'] = common.rate(big, dt)
+            out[s]['first_byte_warm_s'] = first
+            out[s]['download_warm_cpu_s_per_gib'] = cpu
+            log('http %-8s warm download: %.0f MB/s, first byte %.3f s, '
+                'glance-api CPU %.2f s/GiB'
+                % (s, out[s]['download_warm_mbps'], first, cpu))
     finally:
         api.delete(list(images.values()))
 

@@ -1,0 +1,202 @@
+"""The warm cache: idle read-only attachments kept for the next download.
+
+Attaching a volume costs Cinder round trips (~0.2 s) and gives a fresh
+device whose page cache is empty.  Keeping the attachment of an image read
+in the last few minutes lets the next download start at once, from memory.
+
+This module only decides which idle attachments this process keeps and
+when each one goes; attach.py does the detaching, under the volume's lock
+and only when the record (holders.py) says nobody holds the attachment.
+An attachment goes:
+
+* when it has been idle for ``idle`` seconds (``cinder_plus_attach_grace_
+  period``);
+* least recently used first, when this process keeps more than ``size``
+  idle attachments (``cinder_plus_warm_attachments``);
+* at once, when a delete or a writer on this host needs the volume
+  (attach.py detaches an idle attachment before anything else);
+* within ``check_interval`` seconds, when another host asked for the volume
+  (a delete there, or a reader of a volume that cannot be attached twice):
+  ``released_elsewhere`` tells, one Cinder look-up per check.
+
+Nothing here must survive a crash: the record says since when the
+attachment is idle, so the next user of the volume, ``recover`` or the
+clean-up tool detaches it once that is too long ago.
+"""
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+
+LOG = logging.getLogger(__name__)
+
+
+class WarmCache:
+    """Idle read-only attachments of this process, least recently used first.
+
+    :param evict: ``evict(volume_id, volumes, force)`` detaches the volume
+        if nobody uses it; ``force`` False keeps it when another process
+        left it idle more recently (that one keeps it warm then).
+    :param released_elsewhere: ``released_elsewhere(volumes, volume_ids)``
+        returns the ids another host asked us to let go of.
+    """
+
+    def __init__(self, size, idle, check_interval, evict,
+                 released_elsewhere=None):
+        self.size = size
+        self.idle = idle
+        self.check_interval = check_interval
+        self._evict = evict
+        self._released_elsewhere = released_elsewhere
+        self._entries = collections.OrderedDict()  # id -> (volumes, since)
+        self._volumes = {}          # id -> the volume as Cinder last said
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        self._pid = None
+        self._last_check = 0.0
+
+    @property
+    def enabled(self):
+        return self.size > 0 and self.idle > 0
+
+    def __len__(self):
+        return len(self._entries)
+
+    def __contains__(self, volume_id):
+        return volume_id in self._entries
+
+    # -- hooks for attach.py ---------------------------------------------
+
+    def keep(self, volume_id, volumes, volume=None):
+        """The last reader left ``volume_id``: keep it warm for a while."""
+        with self._lock:
+            self._forget_parent()
+            self._entries.pop(volume_id, None)
+            self._entries[volume_id] = (volumes, time.monotonic())
+            self._volumes[volume_id] = volume
+            over = len(self._entries) > self.size
+            self._start()
+        if over:
+            self._wake.set()
+
+    def take(self, volume_id):
+        """A reader joined ``volume_id``: it is in use, not idle."""
+        with self._lock:
+            self._entries.pop(volume_id, None)
+            self._volumes.pop(volume_id, None)
+
+    forget = take
+
+    def volume(self, volume_id):
+        """The volume of a warm attachment of this process, or None.
+
+        While we hold an attachment, Cinder lets nobody delete, extend or
+        re-type the volume, so a reader may trust this copy instead of
+        asking Cinder again.
+        """
+        with self._lock:
+            return self._volumes.get(volume_id)
+
+    # -- the sweeper ---------------------------------------------------------
+
+    def _forget_parent(self):
+        """After a fork, the parent's entries and thread are not ours."""
+        if self._pid != os.getpid():
+            if self._pid is not None:
+                self._entries.clear()
+                self._volumes.clear()
+            self._pid = os.getpid()
+            self._thread = None
+
+    def _start(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name='gcs-warm-cache')
+            self._thread.start()
+            atexit.register(self.close)
+
+    def _run(self):
+        while True:
+            self._wake.wait(self._next_wakeup())
+            self._wake.clear()
+            try:
+                self.sweep()
+            except Exception:
+                LOG.exception('warm attachment cache: sweep failed; will '
+                              'retry')
+
+    def _next_wakeup(self):
+        with self._lock:
+            if not self._entries:
+                return self.check_interval
+            oldest = next(iter(self._entries.values()))[1]
+        due = oldest + self.idle - time.monotonic() + 0.01
+        return max(0.01, min(due, self.check_interval))
+
+    def due(self, now=None):
+        """(expired ids, ids beyond the size bound, least recent first)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            ids = list(self._entries)
+            expired = [v for v in ids
+                       if now - self._entries[v][1] >= self.idle]
+            rest = [v for v in ids if v not in expired]
+            surplus = rest[:max(0, len(rest) - self.size)]
+        return expired, surplus
+
+    def sweep(self, now=None):
+        """Let go of what is expired, surplus, or wanted by another host."""
+        expired, surplus = self.due(now)
+        for volume_id in expired:
+            self._let_go(volume_id, force=False, why='idle')
+        for volume_id in surplus:
+            self._let_go(volume_id, force=True, why='least recently used')
+        for volume_id in self._wanted_elsewhere(now):
+            self._let_go(volume_id, force=True, why='wanted elsewhere')
+
+    def _wanted_elsewhere(self, now=None):
+        now = time.monotonic() if now is None else now
+        if (self._released_elsewhere is None or
+                now - self._last_check < self.check_interval):
+            return []
+        self._last_check = now
+        by_client = {}
+        with self._lock:
+            for volume_id, (volumes, _) in self._entries.items():
+                by_client.setdefault(id(volumes), (volumes, []))[1].append(
+                    volume_id)
+        wanted = []
+        for volumes, ids in by_client.values():
+            try:
+                wanted.extend(self._released_elsewhere(volumes, ids))
+            except Exception as e:
+                LOG.warning('warm attachment cache: cannot ask Cinder '
+                            'whether another host needs %s: %s', ids, e)
+        return wanted
+
+    def _let_go(self, volume_id, force, why):
+        with self._lock:
+            entry = self._entries.pop(volume_id, None)
+            if entry is not None:
+                self._volumes.pop(volume_id, None)
+        if entry is None:
+            return
+        LOG.debug('volume %s: letting go of the idle attachment (%s)',
+                  volume_id, why)
+        try:
+            self._evict(volume_id, entry[0], force)
+        except Exception:
+            LOG.exception('volume %s: detaching an idle attachment failed; '
+                          'the next user of the volume or the clean-up '
+                          'tool will finish it', volume_id)
+
+    def close(self):
+        """At exit: nobody in this process will come back for them."""
+        with self._lock:
+            ids = list(self._entries) if self._pid == os.getpid() else []
+        for volume_id in ids:
+            self._let_go(volume_id, force=True, why='process exit')

@@ -1,0 +1,142 @@
+"""The warm attachment cache: bounds, LRU, expiry, yielding to others."""
+
+import time
+
+import pytest
+
+from glance_cinder_store import attach
+from glance_cinder_store import warm
+from tests.unit import fakes
+from tests.unit.test_attach import creates
+
+
+class Evictions:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, volume_id, volumes, force):
+        self.calls.append((volume_id, force))
+
+
+def cache(size=2, idle=60, check=5, wanted=None):
+    evict = Evictions()
+    c = warm.WarmCache(size, idle, check, evict,
+                       None if wanted is None else
+                       (lambda volumes, ids: [i for i in ids if i in wanted]))
+    c._start = lambda: None         # no sweeper thread: tests call sweep()
+    return c, evict
+
+
+def test_least_recently_used_goes_beyond_the_bound():
+    c, evict = cache(size=2)
+    for vid in ('a', 'b', 'c'):
+        c.keep(vid, 'vols')
+    c.keep('a', 'vols')             # used again: now the most recent
+    c.sweep()
+    assert evict.calls == [('b', True)]
+    assert list(c._entries) == ['c', 'a']
+
+
+def test_idle_ones_expire_and_spare_a_newer_user():
+    c, evict = cache(idle=10)
+    c.keep('a', 'vols')
+    c.sweep(now=time.monotonic() + 5)
+    assert evict.calls == []
+    c.sweep(now=time.monotonic() + 11)
+    # force=False: another process that left it idle later keeps it
+    assert evict.calls == [('a', False)]
+    assert len(c) == 0
+
+
+def test_a_reader_takes_it_out_of_the_cache():
+    c, evict = cache(idle=10)
+    c.keep('a', 'vols')
+    c.take('a')
+    c.sweep(now=time.monotonic() + 11)
+    assert evict.calls == [] and 'a' not in c
+
+
+def test_another_host_asking_makes_it_go_at_the_next_check():
+    c, evict = cache(check=5, wanted={'b'})
+    c.keep('a', 'vols')
+    c.keep('b', 'vols')
+    now = time.monotonic()
+    c.sweep(now=now + 6)
+    assert evict.calls == [('b', True)]
+    c._released_elsewhere = lambda volumes, ids: list(ids)
+    c.sweep(now=now + 7)            # checked less than 5 s ago
+    assert 'a' in c
+
+
+def test_disabled_by_size_or_idle():
+    assert not cache(size=0)[0].enabled
+    assert not cache(idle=0)[0].enabled
+    assert cache()[0].enabled
+
+
+def test_after_fork_the_parents_entries_are_not_ours():
+    c, evict = cache()
+    c.keep('a', 'vols')
+    c._pid = -1                     # as seen from a forked child
+    c.keep('b', 'vols')
+    assert list(c._entries) == ['b']
+
+
+def test_close_lets_go_of_everything():
+    c, evict = cache()
+    c.keep('a', 'vols')
+    c.keep('b', 'vols')
+    c.close()
+    assert sorted(evict.calls) == [('a', True), ('b', True)]
+
+
+# -- with the real host attachments --------------------------------------
+
+@pytest.fixture
+def make_host(make_store):
+    def make(**overrides):
+        return attach.HostAttachments(make_store(**overrides).store_conf,
+                                      wait_timeout=0.5)
+    return make
+
+
+@pytest.fixture
+def volume(cinder):
+    return cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+
+
+def test_back_to_back_readers_reuse_one_attachment(make_host, cinder,
+                                                   volume):
+    host = make_host(cinder_plus_attach_grace_period=60)
+    for _ in range(3):
+        with host.attach(cinder, volume, 'ro'):
+            pass
+    assert len(creates(cinder)) == 1
+    assert len(cinder.attachments) == 1
+    assert volume.id in host.warm
+    host.warm.close()
+    assert cinder.attachments == {}
+
+
+def test_bound_detaches_the_least_recently_used(make_host, cinder):
+    host = make_host(cinder_plus_attach_grace_period=60,
+                     cinder_plus_warm_attachments=1)
+    a = cinder.get(cinder.create(1, 'image-a', {}, 'gold-type').id)
+    b = cinder.get(cinder.create(1, 'image-b', {}, 'gold-type').id)
+    for vol in (a, b):
+        with host.attach(cinder, vol, 'ro'):
+            pass
+    host.warm.sweep()
+    assert [v for v, _, _ in cinder.attachments.values()] == [b.id]
+    assert fakes.FakeConnection.connected == {b.path: 1}
+    host.warm.close()
+
+
+def test_a_delete_elsewhere_is_noticed(make_host, cinder, volume):
+    host = make_host(cinder_plus_attach_grace_period=60)
+    with host.attach(cinder, volume, 'ro'):
+        pass
+    cinder.request_release(volume.id)   # what another host's delete does
+    host.warm.sweep(now=time.monotonic() + 6)  # next check, not expired
+    assert cinder.attachments == {}
+    assert fakes.FakeConnection.connected == {}
