@@ -95,8 +95,10 @@ def test_close_lets_go_of_everything():
 @pytest.fixture
 def make_host(make_store):
     def make(**overrides):
-        return attach.HostAttachments(make_store(**overrides).store_conf,
+        host = attach.HostAttachments(make_store(**overrides).store_conf,
                                       wait_timeout=0.5)
+        host.warm._start = lambda: None     # the tests call sweep()
+        return host
     return make
 
 
