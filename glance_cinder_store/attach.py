@@ -95,12 +95,21 @@ class Attached:
     mode: str
     connection: connector_base.Connection
     device_info: dict
+    _target: object = dataclasses.field(default=None, repr=False)
 
     @property
     def target(self):
         """A path to open, or a file-like object (handle-only protocols)."""
-        return self.connection.open_target(self.device_info,
-                                           self.mode == 'rw')
+        if self._target is None:
+            self._target = self.connection.open_target(self.device_info,
+                                                       self.mode == 'rw')
+        return self._target
+
+    def close(self):
+        """Let go of the target (a handle is this process's to close)."""
+        target, self._target = self._target, None
+        if target is not None:
+            self.connection.close_target(target)
 
     def extend(self):
         """After Cinder grew the volume: let the host see the new size."""
@@ -158,14 +167,19 @@ class HostAttachments:
         """Attach ``volume`` ('ro' shared or 'rw' exclusive) for the block."""
         me = holders.Holder.me()
         record = self._acquire(volumes, volume, mode, me)
+        attached = None
         try:
             connection = self.connection(record, volume)
             if connection.local_path:
                 # on every open, shared or new: is the device the volume?
                 connection.check_identity(record.device_info,
                                           record.device_id, volume.id)
-            yield Attached(volume.id, mode, connection, record.device_info)
+            attached = Attached(volume.id, mode, connection,
+                                record.device_info)
+            yield attached
         finally:
+            if attached is not None:
+                attached.close()
             try:
                 self._release(volumes, volume.id, me, volume)
             except Exception:

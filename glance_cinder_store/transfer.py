@@ -57,9 +57,11 @@ def device_size(target):
             return os.lseek(fd, 0, os.SEEK_END)
         finally:
             os.close(fd)
+    # tell(), not seek()'s result: os-brick's RBD wrapper returns None.
     here = target.tell()
     try:
-        return target.seek(0, os.SEEK_END)
+        target.seek(0, os.SEEK_END)
+        return target.tell()
     finally:
         target.seek(here)
 
@@ -107,34 +109,17 @@ class _Zeroer:
                 self.methods.pop(0)
 
 
-class _FdWriter:
-    """Writes chunks at their offsets; zero runs go to the zeroer.
+class _ZeroSkippingWriter:
+    """Writes chunks at their offsets; aligned all-zero runs are zeroed.
 
-    Writes bypass the page cache (O_DIRECT) where the target allows it:
-    on this machine's loop devices that halves the time to write and flush
-    a fresh volume, and on real hosts it keeps image uploads from evicting
-    everything else from memory.  O_DIRECT needs aligned memory, so data
-    goes through one page-aligned buffer; an unaligned tail (the last bytes
-    of an odd-sized image) goes through a buffered descriptor.
+    Subclasses provide ``_write(view, offset)`` and ``zero(offset,
+    length)``; runs of zero granules are merged into one ``zero`` call.
     """
 
-    def __init__(self, path, skip_zeroes, buffer_size):
-        self.path = path
-        try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
-            self.direct = mmap.mmap(-1, buffer_size)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            self.fd = os.open(path, os.O_WRONLY)
-            self.direct = None
-        self.tail_fd = None
-        fd = self.fd
-        self.skip_zeroes = skip_zeroes
-        self.zero = _Zeroer(fd) if skip_zeroes else None
-        self._pending_zero = None   # (start, end) not yet zeroed
-        self.zeroed_bytes = 0
-        self._zeros = bytes(ZERO_GRANULE)
+    skip_zeroes = False
+    _pending_zero = None        # (start, end) not yet zeroed
+    zeroed_bytes = 0
+    _zeros = bytes(ZERO_GRANULE)
 
     def _flush_zero(self):
         if self._pending_zero:
@@ -142,24 +127,6 @@ class _FdWriter:
             self.zero(start, end - start)
             self.zeroed_bytes += end - start
             self._pending_zero = None
-
-    def _write(self, view, offset):
-        self._flush_zero()
-        if self.direct is None:
-            return _pwrite_all(self.fd, view, offset)
-        aligned = len(view) - len(view) % ALIGN
-        if offset % ALIGN:
-            aligned = 0
-        pos = 0
-        while pos < aligned:
-            n = min(aligned - pos, len(self.direct))
-            self.direct[:n] = view[pos:pos + n]
-            _pwrite_all(self.fd, memoryview(self.direct)[:n], offset + pos)
-            pos += n
-        if pos < len(view):
-            if self.tail_fd is None:
-                self.tail_fd = os.open(self.path, os.O_WRONLY)
-            _pwrite_all(self.tail_fd, view[pos:], offset + pos)
 
     def _is_zero(self, chunk, pos):
         # bytes == bytes is a memcmp; comparing a memoryview is ~100x
@@ -186,6 +153,50 @@ class _FdWriter:
                 self._write(piece, offset + pos)
             pos += len(piece)
 
+
+class _FdWriter(_ZeroSkippingWriter):
+    """Writes a device or file; zero runs go to the zeroer.
+
+    Writes bypass the page cache (O_DIRECT) where the target allows it:
+    on this machine's loop devices that halves the time to write and flush
+    a fresh volume, and on real hosts it keeps image uploads from evicting
+    everything else from memory.  O_DIRECT needs aligned memory, so data
+    goes through one page-aligned buffer; an unaligned tail (the last bytes
+    of an odd-sized image) goes through a buffered descriptor.
+    """
+
+    def __init__(self, path, skip_zeroes, buffer_size):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            self.direct = mmap.mmap(-1, buffer_size)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self.fd = os.open(path, os.O_WRONLY)
+            self.direct = None
+        self.tail_fd = None
+        self.skip_zeroes = skip_zeroes
+        self.zero = _Zeroer(self.fd) if skip_zeroes else None
+
+    def _write(self, view, offset):
+        self._flush_zero()
+        if self.direct is None:
+            return _pwrite_all(self.fd, view, offset)
+        aligned = len(view) - len(view) % ALIGN
+        if offset % ALIGN:
+            aligned = 0
+        pos = 0
+        while pos < aligned:
+            n = min(aligned - pos, len(self.direct))
+            self.direct[:n] = view[pos:pos + n]
+            _pwrite_all(self.fd, memoryview(self.direct)[:n], offset + pos)
+            pos += n
+        if pos < len(view):
+            if self.tail_fd is None:
+                self.tail_fd = os.open(self.path, os.O_WRONLY)
+            _pwrite_all(self.tail_fd, view[pos:], offset + pos)
+
     def close(self):
         """Zero what is pending, flush to stable storage, close."""
         if self.fd is None:
@@ -210,18 +221,30 @@ def _pwrite_all(fd, view, offset):
         view, offset = view[n:], offset + n
 
 
-class _HandleWriter:
-    """For handle-only targets (e.g. librbd): seek and write every byte."""
+class _HandleWriter(_ZeroSkippingWriter):
+    """For handle-only targets (e.g. librbd): no fd, no O_DIRECT.
 
-    def __init__(self, handle):
+    Zero runs are skipped only if the handle can zero a range itself
+    (``write_zeroes``, as librbd's: cheap where nothing was written, so a
+    fresh image stays thin); otherwise every byte is written.  ``write``
+    may return None (os-brick's RBD wrapper does): it writes everything.
+    """
+
+    def __init__(self, handle, skip_zeroes):
         self.handle = handle
-        self.zeroed_bytes = 0
+        zero = getattr(handle, 'write_zeroes', None)
+        self.skip_zeroes = bool(skip_zeroes and zero)
+        self.zero = zero
 
-    def write(self, chunk, offset):
+    def _write(self, view, offset):
+        self._flush_zero()
+        whole = isinstance(view.obj, bytes) and len(view) == len(view.obj)
         self.handle.seek(offset)
-        self.handle.write(chunk)
+        self.handle.write(view.obj if whole else bytes(view))
 
     def close(self):
+        """Zero what is pending and flush (the handle stays open)."""
+        self._flush_zero()
         flush = getattr(self.handle, 'flush', None)
         if flush:
             flush()
@@ -331,7 +354,7 @@ def write_image(source, target, expected_size, capacity, grow=None,
 def _open_writer(target, skip_zeroes, buffer_size):
     if isinstance(target, str):
         return _FdWriter(target, skip_zeroes, buffer_size)
-    return _HandleWriter(target)
+    return _HandleWriter(target, skip_zeroes)
 
 
 def _size_checked(chunks, expected_size):

@@ -74,6 +74,9 @@ class Connection:
         """A path to open, or a file-like object for handle-only protocols."""
         return device_info['path']
 
+    def close_target(self, target):
+        """Let go of what ``open_target`` returned (handles need closing)."""
+
     # -- device identity: is what we open the volume? ----------------------
 
     def identity(self, device_info):

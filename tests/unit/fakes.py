@@ -259,6 +259,9 @@ class FakeConnection:
     def open_target(self, device_info, writable):
         return device_info['path']
 
+    def close_target(self, target):
+        pass
+
     # the real identity checks, on the fake volume files
     identity = connector_base.Connection.identity
     check_identity = connector_base.Connection.check_identity

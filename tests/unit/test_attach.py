@@ -230,3 +230,26 @@ def test_lingering_attachment_is_detached_at_exit(make_host, cinder, volume):
     host.warm.close()           # what atexit runs
     assert cinder.attachments == {}
     assert fakes.FakeConnection.connected == {}
+
+
+def test_target_is_opened_once_and_closed_on_every_exit(
+        host, cinder, volume, monkeypatch):
+    """Handle-only protocols: one open per holder, closed before release."""
+    events = []
+    monkeypatch.setattr(fakes.FakeConnection, 'open_target',
+                        lambda self, info, writable: events.append('open')
+                        or object())
+    monkeypatch.setattr(fakes.FakeConnection, 'close_target',
+                        lambda self, target: events.append('close'))
+    with host.attach(cinder, volume, 'ro') as a:
+        assert a.target is a.target
+    assert events == ['open', 'close']
+    with pytest.raises(RuntimeError):
+        with host.attach(cinder, volume, 'ro') as a:
+            a.target
+            raise RuntimeError('transfer failed')
+    assert events == ['open', 'close'] * 2
+    with host.attach(cinder, volume, 'ro'):
+        pass                        # never opened: nothing to close
+    assert events == ['open', 'close'] * 2
+    assert cinder.attachments == {}

@@ -80,12 +80,11 @@ def test_nfs_qcow2_volumes_are_refused(factory):
     conn.brick.connect_volume.assert_not_called()
 
 
-def test_rbd_without_local_attach_hands_over_a_handle(factory):
-    handle = object()
+def test_rbd_with_local_attach_is_a_device(factory):
     info = {'driver_volume_type': 'rbd', 'name': 'volumes/volume-1',
-            'do_local_attach': False}
+            'do_local_attach': True}
     conn = connection(info)
-    assert isinstance(conn, rbd.RbdConnection) and not conn.local_path
-    assert conn.open_target({'path': handle}, writable=False) is handle
-    local = connection(dict(info, do_local_attach=True))
-    assert local.local_path
+    assert isinstance(conn, rbd.RbdConnection) and conn.local_path
+    assert conn.connect() == {'type': 'block', 'path': '/dev/sdx'}
+    assert conn.open_target({'path': '/dev/rbd0'}, writable=False) == (
+        '/dev/rbd0')

@@ -44,6 +44,11 @@ IMAGE_TYPE_SPECS = {'volume_backend_name': BACKEND,
                     'multiattach': '<is> True'}
 VOLUME_TYPES = {name: dict(IMAGE_TYPE_SPECS)
                 for name in names.TYPES.values()}
+if os.environ.get('AIO_CEPH', '1') == '1':
+    # Cinder's second backend, on the one-node Ceph (tools/aio_lib/ceph.sh)
+    VOLUME_TYPES.update({
+        name: dict(IMAGE_TYPE_SPECS, volume_backend_name=names.CEPH_BACKEND)
+        for name in names.CEPH_TYPES.values()})
 # created once glance answers: cinder validates the store id against glance
 STORE_VOLUME_TYPES = {
     names.TO_SILVER_TYPE: {'volume_backend_name': BACKEND,

@@ -24,6 +24,15 @@ TYPES = {
     BUILTIN: 'glance-builtin',
 }
 MISSING_TYPE = 'glance-no-such-type'
+#: Stores on Cinder's second backend, the one-node Ceph of
+#: tools/aio_lib/ceph.sh (AIO_CEPH=1): ours and the built-in driver's.
+CEPH = 'ceph'
+BUILTIN_CEPH = 'builtin-ceph'
+CEPH_BACKEND = 'ceph'
+CEPH_TYPES = {
+    CEPH: 'glance-ceph',
+    BUILTIN_CEPH: 'glance-builtin-ceph',
+}
 #: A type that is none of the stores' own, but tells Cinder (by
 #: ``image_service:store_id``) to upload volumes of it to store silver.
 TO_SILVER_TYPE = 'glance-to-silver'
