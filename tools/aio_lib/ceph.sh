@@ -203,7 +203,7 @@ ceph_up() {  # idempotent: bootstrap once, (re)start what is not running
     if [ ! -e "$CEPH_DIR/.bootstrapped" ]; then
         stop_services $CEPH_SERVICES   # a half-done earlier bootstrap
         rm -rf "$CEPH_DIR"/{mon,mgr,osd,tmp} "$CEPH_DIR"/*.keyring
-        mkdir -p "$CEPH_DIR/tmp"
+        mkdir -p "$CEPH_DIR"/{tmp,mon,mgr,osd}
         fsid=$(uuidgen)
         ceph_write_conf "$fsid"
         ceph_mkfs_mon "$fsid"
