@@ -12,9 +12,16 @@ Against the all-in-one cloud of tools/aio, as the member user `demo`:
  6. delete everything and show that no volume, attachment or loop device
     is left.
 
+``--store ceph`` runs the same job on the Ceph RBD store: the image goes to
+store `ceph`, the volumes are of type glance-ceph, `rbd info` shows that
+each clone is a copy-on-write child of its source, and at the end no RBD
+image or temporary key file is left either.
+
 Exit status 0 only when every check held.
 """
 
+import argparse
+import glob
 import hashlib
 import os
 import re
@@ -44,6 +51,21 @@ MiB = 1024 * 1024
 CHUNK = 4 * MiB
 T0 = time.time()
 FAILED = []
+#: --store NAME: where the image goes, the type of the volume made from
+#: it, and the store an upload of that volume must land in.
+PROFILES = {
+    names.DEFAULT_STORE: {
+        'store': names.DEFAULT_STORE, 'backend': None,
+        'type': names.TYPES[names.DEFAULT_STORE],
+        'boot_type': names.TYPES[SILVER], 'upload_store': SILVER,
+        'rbd': False},
+    names.CEPH: {
+        'store': names.CEPH, 'backend': names.CEPH,
+        'type': names.CEPH_TYPES[names.CEPH],
+        'boot_type': names.CEPH_TYPES[names.CEPH],
+        'upload_store': names.CEPH, 'rbd': True},
+}
+RBD = ['rbd', '--id', 'cinder', '--pool', 'volumes']
 
 
 def say(msg):
@@ -195,6 +217,24 @@ def loops_on_our_files():
     return [line for line in out.splitlines() if LOOP_DIR in line]
 
 
+def rbd_parent(volume_id):
+    """The RBD parent (pool/image@snap) of a Ceph volume, or None."""
+    out = subprocess.run(RBD + ['info', 'volume-%s' % volume_id],
+                         capture_output=True, text=True).stdout
+    found = re.search(r'parent: (\S+)', out)
+    return found.group(1) if found else None
+
+
+def rbd_images():
+    return subprocess.run(RBD + ['ls'], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def key_files():
+    """os-brick's temporary ceph.conf files, which hold the key."""
+    return set(glob.glob('/tmp/brickrbd_*'))
+
+
 def show_volume(vol, label):
     say('  %s %s: size %s GiB, type %s, status %s, bootable %s, project %s'
         % (label, vol.id, vol.size, vol.volume_type, vol.status,
@@ -202,7 +242,13 @@ def show_volume(vol, label):
     say('    metadata: %s' % dict(sorted(vol.metadata.items())))
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--store', choices=sorted(PROFILES), default='gold',
+                        help='run the job on this store (default: gold, '
+                             'the default store)')
+    profile = PROFILES[parser.parse_args(argv).store]
+    keys_before = key_files() if profile['rbd'] else set()
     workdir = tempfile.mkdtemp(prefix='gcs-demo-', dir='/var/tmp')
     _, glance, cinder = clients('demo', 'demo')
     _, admin_glance, admin_cinder = clients('admin', 'admin')
@@ -222,22 +268,26 @@ def main():
             % (disk, size // MiB, allocated // MiB, digest[:16],
                time.time() - t))
 
-        step('2. upload to the default store, download, compare')
+        step('2. upload to store %s, download, compare' % profile['store'])
         t = time.time()
         image = glance.images.create(name='gcs-demo-disk', disk_format='raw',
                                      container_format='bare')
         made['images'].append(image.id)
         made_ever['images'].append(image.id)
         with open(disk, 'rb') as f:
-            glance.images.upload(image.id, f, image_size=size)
+            if profile['backend']:
+                glance.images.upload(image.id, f, image_size=size,
+                                     backend=profile['backend'])
+            else:
+                glance.images.upload(image.id, f, image_size=size)
         image = glance.images.get(image.id)
         stats['upload'] = time.time() - t
         say('  image %s %s, %d bytes, store %s (upload %.1fs, %.0f MiB/s)'
             % (image.id, image.status, image.size, image.stores,
                stats['upload'], size / MiB / stats['upload']))
         check(image.status == 'active', 'image is active')
-        check(image.stores == names.DEFAULT_STORE,
-              'image landed in the default store %s' % names.DEFAULT_STORE)
+        check(image.stores == profile['store'],
+              'image landed in store %s' % profile['store'])
         check(image.size == size, 'image size is the file size')
         t = time.time()
         got, n, _ = download(glance, image.id)
@@ -249,27 +299,26 @@ def main():
         step('3. the volume that holds the image')
         locations = service_glance.images.get_image_locations(image.id)
         say('  locations: %s' % [(x['url'], x['metadata']) for x in locations])
-        check(len(locations) == 1 and
-              locations[0]['url'].startswith('cinder://%s/' % GOLD),
-              'one location cinder://%s/<volume>' % GOLD)
+        check(len(locations) == 1 and locations[0]['url'].startswith(
+            'cinder://%s/' % profile['store']),
+            'one location cinder://%s/<volume>' % profile['store'])
         image_volume = admin_cinder.volumes.get(
             volume_of_location(locations[0]['url']))
         made_ever['volumes'].append(image_volume.id)
         show_volume(image_volume, 'image volume')
-        check(image_volume.volume_type == names.TYPES[GOLD],
-              'image volume has the store volume type %s'
-              % names.TYPES[GOLD])
+        check(image_volume.volume_type == profile['type'],
+              'image volume has the store volume type %s' % profile['type'])
         check(image_volume.metadata.get('glance_image_id') == image.id,
               'image volume metadata names the image')
         check(image_volume.metadata.get('readonly') == 'True',
               'image volume is flagged read-only')
 
         step('4. bootable volume from the image (type %s)'
-             % names.TYPES[SILVER])
+             % profile['boot_type'])
         t = time.time()
         offset = log_offset()
         boot = cinder.volumes.create(size=1, imageRef=image.id,
-                                     volume_type=names.TYPES[SILVER],
+                                     volume_type=profile['boot_type'],
                                      name='gcs-demo-boot')
         made['volumes'].append(boot.id)
         made_ever['volumes'].append(boot.id)
@@ -291,6 +340,13 @@ def main():
               'copy_image_to_volume' not in logged,
               'cinder did not download the image')
         check(boot.bootable == 'true', 'new volume is bootable')
+        if profile['rbd']:
+            parent = rbd_parent(boot.id)
+            say('  rbd info volumes/volume-%s: parent %s' % (boot.id, parent))
+            check(bool(parent) and parent.startswith(
+                'volumes/volume-%s@' % image_volume.id),
+                'the new volume is an RBD copy-on-write clone of the image '
+                'volume (no bytes copied)')
 
         step('5. upload the volume to a new image (clone + location)')
         t = time.time()
@@ -315,8 +371,9 @@ def main():
         say('  image %s %s, %d bytes, store %s (active in %.1fs, hashed by '
             'glance in %.1fs)' % (new.id, new.status, new.size, new.stores,
                                   stats['upload-volume'], stats['hashed']))
-        check(new.stores == SILVER,
-              'image landed in store %s (chosen by volume type)' % SILVER)
+        check(new.stores == profile['upload_store'],
+              'image landed in store %s (chosen by volume type)'
+              % profile['upload_store'])
         locations = service_glance.images.get_image_locations(new.id)
         say('  locations: %s' % [(x['url'], x['metadata']) for x in locations])
         clone = admin_cinder.volumes.get(
@@ -326,6 +383,12 @@ def main():
         show_volume(clone, 'image volume')
         check(getattr(clone, 'source_volid', None) == boot.id,
               'its volume is a Cinder clone of the uploaded volume')
+        if profile['rbd']:
+            parent = rbd_parent(clone.id)
+            say('  rbd info volumes/volume-%s: parent %s' % (clone.id, parent))
+            check(bool(parent) and parent.startswith(
+                'volumes/volume-%s@' % boot.id),
+                'its RBD image is a copy-on-write clone of the volume')
         t = time.time()
         got, n, zero = download(glance, new.id, head_bytes=size)
         say('  downloaded %d bytes in %.1fs' % (n, time.time() - t))
@@ -369,6 +432,18 @@ def main():
         % len(loops_on_our_files()))
     check(not leftovers and not attachments and not loops and not files,
           'no volume, attachment, loop device or volume file is left')
+    if profile['rbd']:
+        deadline = time.time() + 60
+        while True:     # cinder removes a clone's parent after the clone
+            images = [n for n in rbd_images() if any(v in n for v in seen)]
+            if not images or time.time() > deadline:
+                break
+            time.sleep(1)
+        keys = key_files() - keys_before
+        say('  left in Ceph: %d RBD image(s) %s; %d temporary key file(s)'
+            % (len(images), images, len(keys)))
+        check(not images and not keys,
+              'no RBD image and no temporary key file is left')
     summary = ', '.join('%s %.1fs' % kv for kv in stats.items())
     if FAILED:
         say('DEMO FAILED (%d check(s)): %s' % (len(FAILED), '; '.join(FAILED)))
