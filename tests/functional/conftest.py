@@ -140,6 +140,22 @@ def image_volume(cinder, image_id):
     return cinder.volumes.get(vols[0].id)
 
 
+def image_volumes(cinder, image_id):
+    """An image's volumes (one per Cinder store it is in) by volume type.
+
+    Names are compared here, not by Cinder: listings may ignore ``name=``.
+    """
+    name = 'image-%s' % image_id
+    vols = [v for v in cinder.volumes.list(search_opts={'all_tenants': 1})
+            if v.name == name and v.status != 'deleting']
+    by_type = {}
+    for v in vols:
+        assert v.volume_type not in by_type, 'two volumes of one type: %s' % (
+            vols,)
+        by_type[v.volume_type] = v
+    return by_type
+
+
 def wait_volume(cinder, volume_id, status='available', timeout=120):
     def check():
         vol = cinder.volumes.get(volume_id)

@@ -148,21 +148,6 @@ def test_unknown_store_is_a_clear_error(glance, cinder, images):
     assert not set(fx.all_volumes(cinder)) - before
 
 
-def test_store_with_a_missing_volume_type_is_a_clear_error(
-        glance, cinder, images):
-    """The aio's store 'broken' names a volume type Cinder does not have."""
-    from glanceclient import exc
-    before = set(fx.all_volumes(cinder))
-    image = images()
-    with pytest.raises(exc.HTTPException) as err:
-        glance.images.upload(image.id, io.BytesIO(b'x' * 100),
-                             image_size=100, backend='broken')
-    assert err.value.code == 503
-    assert 'glance-no-such-type' in str(err.value)
-    assert glance.images.get(image.id).status == 'queued'
-    assert not set(fx.all_volumes(cinder)) - before
-
-
 def test_stores_info(glance, admin, glance_url):
     """/v2/info/stores lists ours; /detail is Glance's 500 (see README)."""
     stores = {s['id'] for s in glance.images.get_stores_info()['stores']}

@@ -36,8 +36,10 @@ USERS = {
     'demo': ('demo', ['member', 'reader']),
     'other': ('other', ['member', 'reader']),
 }
-SERVICES = {  # name: (type, url)
-    'cinderv3': ('volumev3', 'http://%s:8776/v3/%%(project_id)s' % IP),
+CINDER_URL = 'http://%s:8776/v3/%%(project_id)s' % IP
+SERVICES = {  # name: (type, url); Cinder under both types, as devstack does
+    'cinder': ('block-storage', CINDER_URL),
+    'cinderv3': ('volumev3', CINDER_URL),
     'glance': ('image', 'http://%s:9292' % IP),
 }
 IMAGE_TYPE_SPECS = {'volume_backend_name': BACKEND,

@@ -12,7 +12,8 @@ SILVER = 'silver'
 BUILTIN = 'builtin'
 #: Glance's file store.
 FILES = 'files'
-#: A store of our driver whose volume type Cinder does not have.
+#: A store of our driver whose volume type Cinder does not have: served
+#: only by the glance-api that tests/functional/test_glance_modes starts.
 BROKEN = 'broken'
 
 DEFAULT_STORE = GOLD
