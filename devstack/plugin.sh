@@ -84,8 +84,11 @@ function configure_glance_cinder_store_rootwrap {
 function configure_glance_cinder_plus_store {
     local section=$1 store_id=$2 backend=$3
     local opt
+    # "<option> <value>" lines; an empty value keeps the driver's default
     while read -r opt; do
-        iniset "$GLANCE_API_CONF" "$section" "${opt%% *}" "${opt#* }"
+        if [[ "$opt" == *" "* ]]; then
+            iniset "$GLANCE_API_CONF" "$section" "${opt%% *}" "${opt#* }"
+        fi
     done <<EOT
 cinder_volume_type $(glance_cinder_plus_volume_type "$store_id")
 cinder_catalog_info volumev3::publicURL

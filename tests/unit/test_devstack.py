@@ -171,6 +171,8 @@ def test_post_config_adds_multi_stores_beside_devstacks_own(devstack):
     assert gold['rootwrap_config'] == '/etc/glance/rootwrap.conf'
     assert gold['cinder_plus_state_dir'].endswith('/glance/cinder-plus')
     assert gold['cinder_do_extend_attached'] == 'False'
+    # unset: the driver's own default
+    assert 'cinder_plus_attach_grace_period' not in gold
     assert 'cinder_mount_point_base' not in gold
     silver = logs.glance('silver')
     assert silver['cinder_volume_type'] == 'glance-silver'
@@ -223,10 +225,12 @@ def test_post_config_legacy_uses_the_first_store_only(devstack):
 
 
 def test_without_clone_cinder_is_left_alone(devstack):
-    logs = devstack('stack', 'post-config', GLANCE_CINDER_PLUS_CLONE='False')
+    logs = devstack('stack', 'post-config', GLANCE_CINDER_PLUS_CLONE='False',
+                    GLANCE_CINDER_PLUS_GRACE_PERIOD='2')
     assert '/etc/cinder/cinder.conf' not in logs.ini
-    assert logs.glance('cinder_plus')['cinder_volume_type'] == (
-        'glance-cinder_plus')
+    store = logs.glance('cinder_plus')
+    assert store['cinder_volume_type'] == 'glance-cinder_plus'
+    assert store['cinder_plus_attach_grace_period'] == '2'
 
 
 def test_extra_creates_volume_types_then_checks(devstack):
