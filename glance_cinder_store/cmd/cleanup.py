@@ -10,13 +10,42 @@ process on this host and by their heartbeat elsewhere, never by age; other
 hosts' attachments are never touched.  ``--dry-run`` takes the same
 decisions and reports them without acting.  Runs as the glance-api user,
 never as root.
+
+One line per finding (or ``--format json``).  Exit status 0 when nothing
+is left to undo, 1 when something found is still there (a dry run that
+found work, an action that failed, an image left ``saving`` that is only
+reported), 2 on a usage or configuration error or when run as root.
 """
 
+import dataclasses
 import os
 import sys
 
-from glance_cinder_store.cmd import stores as stores_mod
+from oslo_config import cfg
+
+from glance_cinder_store.cmd import tool
 from glance_cinder_store import heal
+
+PROG = 'glance-cinder-store-cleanup'
+EPILOG = ('Exit status: 0 nothing is left to undo; 1 something found is '
+          'still there (a dry run that found work, an action that failed, '
+          'an image left saving that is only reported); 2 usage or '
+          'configuration error, or run as root.')
+CLI_OPTS = [
+    cfg.BoolOpt('dry-run', default=False, help='Report, change nothing.'),
+    cfg.FloatOpt(
+        'stale-after', default=None,
+        help='Seconds without heartbeat after which an upload of another '
+             'host counts as abandoned (default: '
+             'cinder_plus_upload_stale_after; 0 never). Uploads of this '
+             'host are judged by their process, never by age.'),
+    cfg.BoolOpt(
+        'delete-saving-images', default=False,
+        help='Delete, through Glance\'s API, images that a dead upload '
+             'left in status saving (default: report them).'),
+]
+#: Outcomes after which nothing is left to do about a finding.
+SETTLED = ('detached', 'deleted', 'already gone', 'upload finished')
 
 
 def _saving_images(store, dry_run, delete):
@@ -60,31 +89,39 @@ def _saving_images(store, dry_run, delete):
     return lines
 
 
-def main(argv=None):
-    if os.geteuid() == 0:
-        print('glance-cinder-store-cleanup must not run as root: run it as '
-              'the glance-api user (e.g. sudo -u glance ...), whose state '
-              'folder and privileges it shares', file=sys.stderr)
-        return 2
-    conf, stores = stores_mod.load(sys.argv[1:] if argv is None else argv,
-                                   'glance-cinder-store-cleanup')
+def body(conf, stores):
     dry = conf.dry_run
-    acted = 0
+    findings, images = [], []
     for store_id, store in stores.items():
         healer = heal.Healer(store)
-        findings = healer.reconcile(store.volumes(), dry_run=dry,
-                                    untracked=True,
-                                    stale_after=conf.stale_after)
-        for finding in findings:
-            print('%s: %s' % (store_id, finding))
-            if finding.outcome in ('detached', 'deleted'):
-                acted += 1
+        for finding in healer.reconcile(store.volumes(), dry_run=dry,
+                                        untracked=True,
+                                        stale_after=conf.stale_after):
+            findings.append(dict(dataclasses.asdict(finding),
+                                 store=store_id, text=str(finding)))
         for line in _saving_images(store, dry, conf.delete_saving_images):
-            print('%s: %s' % (store_id, line))
-            if line.endswith(': deleted'):
-                acted += 1
-    print('done: %d action(s)%s' % (acted, ' (dry run)' if dry else ''))
-    return 0
+            images.append({'store': store_id, 'text': line,
+                           'deleted': line.endswith(': deleted')})
+    acted = (sum(f['outcome'] in ('detached', 'deleted') for f in findings) +
+             sum(i['deleted'] for i in images))
+    left = ([f for f in findings if f['outcome'] not in SETTLED] +
+            [i for i in images if not i['deleted']])
+    lines = ['%s: %s' % (r['store'], r['text']) for r in findings + images]
+    lines.append('done: %d action(s)%s'
+                 % (acted, ' (dry run)' if dry else ''))
+    tool.emit(conf, {'dry_run': dry, 'actions': acted, 'ok': not left,
+                     'findings': findings, 'images': images}, lines)
+    return tool.EXIT_PROBLEMS if left else tool.EXIT_OK
+
+
+def main(argv=None):
+    if os.geteuid() == 0:
+        print('%s must not run as root: run it as the glance-api user '
+              '(e.g. sudo -u glance ...), whose state folder and privileges '
+              'it shares' % PROG, file=sys.stderr)
+        return tool.EXIT_USAGE
+    return tool.run(body, argv, PROG, __doc__.splitlines()[0], EPILOG,
+                    CLI_OPTS)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Load the cinder_plus stores of a glance-api configuration, for tools."""
+"""The cinder_plus stores of a glance-api configuration, for the tools."""
 
 from glance_store import backend
 from glance_store import multi_backend
@@ -7,24 +7,9 @@ from oslo_config import cfg
 from glance_cinder_store import store as store_mod
 
 
-def load(argv, description):
-    """Parse ``argv`` (glance's --config-file ...) and return our stores."""
-    conf = cfg.ConfigOpts()
-    conf.register_cli_opt(cfg.BoolOpt('dry-run', default=False,
-                                      help='Report, change nothing.'))
-    conf.register_cli_opt(cfg.FloatOpt(
-        'stale-after', default=None,
-        help='Seconds without heartbeat after which an upload of another '
-             'host counts as abandoned (default: '
-             'cinder_plus_upload_stale_after; 0 never). Uploads of this '
-             'host are judged by their process, never by age.'))
-    conf.register_cli_opt(cfg.BoolOpt(
-        'delete-saving-images', default=False,
-        help='Delete, through Glance\'s API, images that a dead upload '
-             'left in status saving (default: report them).'))
+def load(conf):
+    """Our stores (store id -> CinderStore) in the parsed ``conf``."""
     conf.register_opt(cfg.DictOpt('enabled_backends'))
-    conf(argv, project='glance', prog=description,
-         default_config_files=cfg.find_config_files('glance', 'glance-api'))
     stores = {}
     if conf.enabled_backends:
         multi_backend.register_store_opts(conf)
@@ -36,4 +21,4 @@ def load(argv, description):
         backend.register_opts(conf)
         if store_mod.TYPE_NAME in conf.glance_store.stores:
             stores[store_mod.TYPE_NAME] = store_mod.CinderStore(conf)
-    return conf, stores
+    return stores

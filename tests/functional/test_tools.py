@@ -2,8 +2,10 @@
 
 import dataclasses
 import datetime
+import json
 import os
 import subprocess
+import tempfile
 
 import pytest
 
@@ -43,6 +45,62 @@ def test_preflight_check_as_the_glance_user():
     assert out.returncode == 0
 
 
+def quiet(out):
+    """Nothing on the terminal but the report: no warnings, no tracebacks."""
+    assert 'warning' not in out.stderr.lower(), out.stderr
+    assert 'deprecat' not in out.stderr.lower(), out.stderr
+    assert 'Traceback' not in out.stderr, out.stderr
+
+
+def test_check_attach_round_trip_as_json():
+    out = run('glance-cinder-store-check', '--attach-test', '--format',
+              'json', user='glance')
+    quiet(out)
+    assert out.returncode == 1, out.stdout + out.stderr     # store broken
+    report = json.loads(out.stdout)
+    assert report['ok'] is False
+    results = {(r['store'], r['check']): r for r in report['results']}
+    for store in (fx.names.GOLD, fx.names.SILVER):
+        attach = results[(store, 'attach')]
+        assert attach['ok'], attach
+        assert 'attached read-only' in attach['message']
+        assert 'detached and deleted' in attach['message']
+    assert not results[(fx.names.BROKEN, 'attach')]['ok']
+    # nothing_leaks: no volume, attachment or loop device left behind
+
+
+def test_tools_log_through_oslo_log_where_told():
+    folder = tempfile.mkdtemp(prefix='gcs-tools-')
+    os.chmod(folder, 0o777)
+    log_file = os.path.join(folder, 'check.log')
+    try:
+        out = run('glance-cinder-store-check', '--debug', '--log-file',
+                  log_file, user='glance')
+        quiet(out)
+        assert out.stderr == ''
+        assert lines(out, 'OK', fx.names.GOLD, 'privsep'), out.stdout
+        with open(log_file) as f:
+            logged = f.read()
+        assert ' DEBUG ' in logged, logged[:2000]
+        cleanup = run('glance-cinder-store-cleanup', '--dry-run', '--format',
+                      'json', user='glance')
+        quiet(cleanup)
+        report = json.loads(cleanup.stdout)
+        assert report['dry_run'] is True
+        assert cleanup.returncode == (0 if report['ok'] else 1)
+    finally:
+        subprocess.run(['rm', '-rf', folder])
+
+
+def test_usage_errors_exit_2():
+    out = run('glance-cinder-store-check', '--format', 'yaml',
+              user='glance')
+    assert out.returncode == 2, out.stdout + out.stderr
+    out = run('glance-cinder-store-check', '--config-file',
+              '/nonexistent/glance-api.conf', user='glance')
+    assert out.returncode == 2 and 'nonexistent' in out.stderr
+
+
 def test_preflight_check_names_what_is_wrong(tmp_path):
     broken = tmp_path / 'broken.conf'
     broken.write_text('[gold]\ncinder_volume_type = no-such-type\n'
@@ -78,7 +136,8 @@ def test_cleanup_judges_uploads_by_process_never_by_age(cinder):
         fx.wait_volume(cinder, far.id)
         dry = run('glance-cinder-store-cleanup', '--dry-run',
                   '--stale-after', '600', user='glance')
-        assert dry.returncode == 0, dry.stdout + dry.stderr
+        # exit status 1: the dry run found work left to do
+        assert dry.returncode == 1, dry.stdout + dry.stderr
         assert 'volume %s: delete volume' % far.id in dry.stdout, dry.stdout
         assert 'would delete' in dry.stdout
         assert live.id not in dry.stdout
