@@ -18,6 +18,9 @@ from glance_cinder_store.cmd import stores as stores_mod
 
 LOG = log.getLogger(__name__)
 
+#: The logger oslo.privsep relays its daemons' output to.
+PRIVSEP_LOGGER = 'oslo.privsep.daemon'
+
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
@@ -52,12 +55,37 @@ def setup_logging(argv, cli_opts, prog):
          default_config_files=[])
     conf.set_default('use_stderr', not (conf.log_file or conf.log_dir))
     log.setup(conf, prog)
+    logging.getLogger(PRIVSEP_LOGGER).addFilter(EventletNotice())
     if not conf.debug:
         # the report is the output; libraries' INFO lines would bury it
         for handler in logging.getLogger().handlers:
             if getattr(handler, 'stream', None) is sys.stderr:
                 handler.setLevel(logging.WARNING)
     return conf
+
+
+class EventletNotice(logging.Filter):
+    """Drops eventlet's deprecation notice relayed from privsep daemons.
+
+    A privsep daemon (ours, os-brick's) is a Python process started through
+    sudo that imports eventlet, which prints a multi-line warning on its
+    stderr; oslo.privsep relays each of its lines as a WARNING
+    ``privsep log: ...``.  Nothing the operator can act on.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.inside = False
+
+    def filter(self, record):
+        line = record.getMessage().partition('privsep log: ')[2]
+        if 'EventletDeprecationWarning' in line or line.startswith(
+                'Eventlet is deprecated'):
+            self.inside = True
+        elif self.inside and line.strip() == 'import eventlet':
+            self.inside = False
+            return False
+        return not self.inside
 
 
 def _without_config_files(argv):

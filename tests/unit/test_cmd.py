@@ -191,6 +191,23 @@ def test_tools_print_no_warnings():
     assert out.stderr == ''
 
 
+def test_eventlet_notice_relayed_by_privsep_is_dropped():
+    relayed = [
+        '/venv/oslo_privsep/daemon.py:105: EventletDeprecationWarning: ',
+        'Eventlet is deprecated. It is currently being maintained in bugfix',
+        'we strongly recommend against using it for new projects.',
+        '',
+        'framework.  For more detail see',
+        '  import eventlet',
+        'privsep daemon running as pid 42',
+    ]
+    notice = tool.EventletNotice()
+    kept = [line for line in relayed if notice.filter(logging.LogRecord(
+        tool.PRIVSEP_LOGGER, logging.WARNING, __file__, 1,
+        'privsep log: %s', (line,), None))]
+    assert kept == ['privsep daemon running as pid 42']
+
+
 # -- check --attach-test -------------------------------------------------
 
 @pytest.mark.parametrize('grace', [0, 60])
