@@ -152,8 +152,13 @@ def test_rbd_16_concurrent_readers_share_one_attachment(
     assert {digest for _, digest, _ in results} == {
         hashlib.sha256(data).hexdigest()}
     assert peak == 1
-    fx.wait_for(lambda: not cinder.volumes.get(vol.id).attachments,
-                timeout=60, what='attachments released')
+    # kept warm for the next download; let go when another host asks
+    cinder.volumes.set_metadata(vol.id, {conc.RELEASE_MARK: 'wanted'})
+    try:
+        fx.wait_for(lambda: not cinder.volumes.get(vol.id).attachments,
+                    timeout=60, what='warm attachment released on request')
+    finally:
+        cinder.volumes.delete_metadata(vol.id, [conc.RELEASE_MARK])
 
 
 def start_reader(state_dir, volume_id, delay=0.05):
