@@ -20,6 +20,8 @@ from glance_store._drivers.cinder import store as builtin_store
 from glance_store import location as gs_location
 import pytest
 
+from glance_cinder_store.cinder import RELEASE_MARK
+
 from tests.functional import conftest as fx
 from tests.functional import test_attach_concurrency as conc
 from tests.functional import test_cinder_paths as paths
@@ -153,12 +155,12 @@ def test_rbd_16_concurrent_readers_share_one_attachment(
         hashlib.sha256(data).hexdigest()}
     assert peak == 1
     # kept warm for the next download; let go when another host asks
-    cinder.volumes.set_metadata(vol.id, {conc.RELEASE_MARK: 'wanted'})
+    cinder.volumes.set_metadata(vol.id, {RELEASE_MARK: 'wanted'})
     try:
         fx.wait_for(lambda: not cinder.volumes.get(vol.id).attachments,
                     timeout=60, what='warm attachment released on request')
     finally:
-        cinder.volumes.delete_metadata(vol.id, [conc.RELEASE_MARK])
+        cinder.volumes.delete_metadata(vol.id, [RELEASE_MARK])
 
 
 def start_reader(state_dir, volume_id, delay=0.05):
