@@ -18,6 +18,8 @@ from glance_cinder_store.connectors import rbd
 from glance_cinder_store import transfer
 
 MiB = 1024 * 1024
+#: the real one: the unit tests' cinder fixture swaps in a fake
+FOR_CONNECTION = connectors.for_connection
 INFO = {'driver_volume_type': 'rbd', 'name': 'volumes/volume-1',
         'cluster_name': 'ceph', 'auth_username': 'cinder',
         'hosts': ['127.0.0.1'], 'ports': ['6789'], 'do_local_attach': False}
@@ -266,3 +268,31 @@ def test_concurrent_readers_share_a_handle_safely(brick):
     for t in targets:
         conn.close_target(t)
     assert brick.disconnect_volume.call_count == 1
+
+
+def test_host_record_keeps_no_handle_and_no_key(brick, cinder, make_store,
+                                                monkeypatch):
+    """Through attach.py: the record rebuilds the handle, nothing more."""
+    from glance_cinder_store import attach
+    monkeypatch.setattr(attach.connectors, 'for_connection',
+                        FOR_CONNECTION)
+    monkeypatch.setattr(cinder, 'connection_info', lambda volume_id: dict(
+        INFO, name='volumes/volume-%s' % volume_id, keyring='AQBsecret=='))
+    host = attach.HostAttachments(make_store().store_conf, wait_timeout=0.5)
+    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+    brick.image.resize(1024 ** 3)
+    with host.attach(cinder, vol, 'rw') as attached:
+        assert attached.target.write(b'data') == 4
+        with open(host.records.path(vol.id)) as f:
+            text = f.read()
+        assert 'AQBsecret' not in text and 'BrickWrapper' not in text
+        record = json.loads(text)
+        assert record['connection_info']['name'] == 'volumes/volume-%s' % (
+            vol.id)
+        assert record['device_info'] == {'path': None,
+                                         'rbd': 'volumes/volume-%s' % vol.id}
+        assert not any(os.path.exists(c) for c in brick.confs)
+    assert brick.connect_volume.call_count == 1
+    assert brick.disconnect_volume.call_count == 1
+    assert rbd._open == {} and cinder.attachments == {}
+    assert bytes(brick.image.data[:4]) == b'data'
