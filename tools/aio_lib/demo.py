@@ -226,8 +226,16 @@ def rbd_parent(volume_id):
 
 
 def rbd_images():
-    return subprocess.run(RBD + ['ls'], capture_output=True, text=True,
-                          check=True).stdout.split()
+    """(live images, Cinder's silent references named <image>.deleted).
+
+    Cinder's RBD driver keeps a deleted volume that ever had a
+    copy-on-write clone as <image>.deleted, with the clone's snapshot,
+    even after the clone is gone: Cinder's leftover, reported apart.
+    """
+    names = subprocess.run(RBD + ['ls'], capture_output=True, text=True,
+                           check=True).stdout.split()
+    return ([n for n in names if not n.endswith('.deleted')],
+            [n for n in names if n.endswith('.deleted')])
 
 
 def key_files():
@@ -434,14 +442,19 @@ def main(argv=None):
           'no volume, attachment, loop device or volume file is left')
     if profile['rbd']:
         deadline = time.time() + 60
-        while True:     # cinder removes a clone's parent after the clone
-            images = [n for n in rbd_images() if any(v in n for v in seen)]
+        while True:     # cinder deletes volumes in the background
+            live, silent = rbd_images()
+            images = [n for n in live if any(v in n for v in seen)]
             if not images or time.time() > deadline:
                 break
             time.sleep(1)
+        silent = [n for n in silent if any(v in n for v in seen)]
         keys = key_files() - keys_before
         say('  left in Ceph: %d RBD image(s) %s; %d temporary key file(s)'
             % (len(images), images, len(keys)))
+        if silent:
+            say('  (Cinder keeps %d deleted clone parent(s) as silent '
+                'references: %s)' % (len(silent), silent))
         check(not images and not keys,
               'no RBD image and no temporary key file is left')
     summary = ', '.join('%s %.1fs' % kv for kv in stats.items())
