@@ -449,10 +449,16 @@ def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
         os.close(fd)
 
 
+#: The first piece of a read is small, so its first byte goes out at once.
+FIRST_PIECE = 256 * 1024
+
+
 def _pieces(pread, offset, length, chunk_size):
     pos, end = offset, offset + length
+    size = min(chunk_size, FIRST_PIECE)
     while pos < end:
-        data = pread(min(chunk_size, end - pos), pos)
+        data = pread(min(size, end - pos), pos)
+        size = chunk_size
         if not data:
             raise exceptions.BackendException(
                 'device ended at %d bytes, before the image end (%d)'

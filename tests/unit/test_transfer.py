@@ -266,3 +266,13 @@ def test_block_device_zeroing(tmp_path):
         subprocess.run(['losetup', '-d', dev], check=True)
     with open(backing, 'rb') as f:
         assert f.read(len(data)) == data
+
+
+def test_first_piece_is_small_for_a_quick_first_byte(tmp_path):
+    path = tmp_path / 'img'
+    data = random_bytes(3 * MiB)
+    path.write_bytes(data)
+    pieces = list(transfer.read_range(str(path), 0, len(data),
+                                      chunk_size=MiB))
+    assert [len(p) for p in pieces][:2] == [transfer.FIRST_PIECE, MiB]
+    assert b''.join(pieces) == data

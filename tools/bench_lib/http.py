@@ -256,7 +256,10 @@ def run_repeat(api, cfg, stores=STORES):
             log('http %-8s upload %d MiB: %.0f MB/s'
                 % (s, big // MiB, out[s]['upload_mbps']))
         for s in stores:
-            # the first read after the upload (ours: cold, nothing cached)
+            # the first read after the upload (ours: cold, nothing cached);
+            # flush the uploads' dirty pages first, or the file store's
+            # writeback competes with this read for the disk
+            os.sync()
             first, dt, cpu = _timed_download(api, images[s], big)
             out[s]['download_s'] = dt
             out[s]['download_mbps'] = common.rate(big, dt)
