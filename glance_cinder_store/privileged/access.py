@@ -24,12 +24,12 @@ class DeviceAccess:
         """Return True when an ACL entry was added (and must be revoked)."""
         if self.uid == 0 or not self.needed(path, writable):
             return False
-        acl.grant(path, self.uid, writable)
+        acl.grant(path, writable)
         return True
 
     def revoke(self, path):
         try:
-            acl.revoke(path, self.uid)
+            acl.revoke(path)
         except Exception as e:
             # The device may be gone already (disconnected by a crash
             # recovery): nothing is left to revoke then.

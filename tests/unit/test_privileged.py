@@ -9,6 +9,13 @@ import pytest
 from glance_cinder_store.privileged import acl
 
 
+@pytest.fixture(autouse=True)
+def ledger(tmp_path, monkeypatch):
+    path = str(tmp_path / 'run' / 'grants.json')
+    monkeypatch.setattr(acl, 'LEDGER', path)
+    return path
+
+
 def test_encode_decode_round_trip():
     entries = acl.with_user(acl.from_mode(0o600), 998, acl.READ)
     assert acl.decode(acl.encode(entries)) == sorted(
@@ -40,6 +47,8 @@ def test_refuses_root_and_non_devices(tmp_path):
         acl.set_user_access(str(path), 998, False)
     with pytest.raises(PermissionError):
         acl.set_user_access('/dev/null', 0, False)
+    with pytest.raises(PermissionError):
+        acl.set_user_access('/dev/../etc/passwd', 998, False)
     with pytest.raises(PermissionError):
         acl.set_user_access('/dev/../etc/passwd', 998, False)
     with pytest.raises(PermissionError):
@@ -153,3 +162,47 @@ def test_configure_add_prestarts_unless_told_not_to(make_store, monkeypatch):
     assert calls == []
     make_store(cinder_plus_prestart_privsep=True)
     assert calls == [('/etc/glance/rootwrap.conf', os.getuid() != 0)]
+
+
+def test_the_user_comes_from_sudo_not_the_caller(monkeypatch):
+    monkeypatch.delenv('SUDO_UID', raising=False)
+    with pytest.raises(PermissionError, match='sudo'):
+        acl.service_uid()
+    monkeypatch.setenv('SUDO_UID', '0')
+    with pytest.raises(PermissionError):
+        acl.service_uid()
+    monkeypatch.setenv('SUDO_UID', '998')
+    assert acl.service_uid() == 998
+
+
+def test_mounted_devices_are_refused():
+    root = os.stat('/').st_dev
+    assert 'mounted on /' in acl._mounted_or_swap({root})
+
+
+def test_revokes_only_what_it_granted(loop_device, ledger):
+    acl.set_user_access(loop_device, 998, writable=False)
+    os.unlink(ledger)                       # granted by someone else
+    assert acl.clear_user_access(loop_device, 998) is False
+    out = subprocess.run(['getfacl', '-pn', loop_device],
+                         capture_output=True, text=True).stdout
+    assert 'user:998:r--' in out
+    acl.set_user_access(loop_device, 998, writable=False)
+    assert acl.clear_user_access(loop_device, 998) is True
+    out = subprocess.run(['getfacl', '-pn', loop_device],
+                         capture_output=True, text=True).stdout
+    assert '998' not in out
+
+
+def test_partitions_and_held_devices_are_refused(tmp_path, monkeypatch):
+    sysdir = tmp_path / 'sys'
+    (sysdir / 'holders').mkdir(parents=True)
+    monkeypatch.setattr(acl, '_sys_block', lambda rdev: str(sysdir))
+    monkeypatch.setattr(acl, '_mounted_or_swap', lambda rdevs: None)
+    acl._refuse_system_device(os.makedev(7, 0))         # a whole disk
+    (sysdir / 'holders' / 'dm-0').write_text('')
+    with pytest.raises(PermissionError, match='held'):
+        acl._refuse_system_device(os.makedev(7, 0))
+    (sysdir / 'partition').write_text('1')
+    with pytest.raises(PermissionError, match='partition'):
+        acl._refuse_system_device(os.makedev(7, 1))
