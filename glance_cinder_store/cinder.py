@@ -330,8 +330,19 @@ class Volumes:
             self.client.volumes.extend(volume, new_size_gb)
 
     def delete(self, volume_id):
-        with translated_errors('deleting volume %s' % volume_id):
-            self.client.volumes.delete(volume_id)
+        """Delete a volume; an uncertain answer is checked, not trusted."""
+        try:
+            with translated_errors('deleting volume %s' % volume_id):
+                self.client.volumes.delete(volume_id)
+        except exceptions.BackendException:
+            try:
+                status = self.get(volume_id).status
+            except exceptions.NotFound:
+                return
+            except Exception:
+                status = None
+            if status not in ('deleting', 'deleted'):
+                raise
 
     def replace_metadata(self, volume, metadata):
         with translated_errors('updating metadata of volume %s' % volume.id):

@@ -146,11 +146,14 @@ class Healer:
             verdict = mark.verdict(stale_after)
             if verdict != holders.DEAD:
                 continue
-            why = 'upload by %s died (%s)' % (
-                mark.uploader.describe(),
-                'silent for %ds' % mark.silent_for()
-                if mark.uploader.verdict() == holders.UNKNOWN
-                else 'process gone or host rebooted')
+            if mark.failed:
+                why = 'upload by %s failed' % mark.uploader.describe()
+            else:
+                why = 'upload by %s died (%s)' % (
+                    mark.uploader.describe(),
+                    'silent for %ds' % mark.silent_for()
+                    if mark.uploader.verdict() == holders.UNKNOWN
+                    else 'process gone or host rebooted')
             found.append(self._delete_upload(volumes, vol, why, dry_run,
                                              image_id))
         return found

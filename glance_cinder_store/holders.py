@@ -281,6 +281,7 @@ class UploadMark:
     uploader: Process
     since: datetime.datetime
     beat: datetime.datetime
+    failed: bool = False    # the uploader gave up but could not delete it
 
     @classmethod
     def mine(cls):
@@ -290,11 +291,16 @@ class UploadMark:
     def refreshed(self):
         return dataclasses.replace(self, beat=_now())
 
+    def given_up(self):
+        """The mark of an upload that failed: anyone may delete it."""
+        return dataclasses.replace(self, beat=_now(), failed=True)
+
     def format(self):
         p = self.uploader
-        return ('host=%s boot=%s pidns=%s pid=%d start=%d since=%s beat=%s'
+        return ('host=%s boot=%s pidns=%s pid=%d start=%d since=%s beat=%s%s'
                 % (p.host, p.boot, p.pidns, p.pid, p.start,
-                   self.since.isoformat(), self.beat.isoformat()))
+                   self.since.isoformat(), self.beat.isoformat(),
+                   ' failed=1' if self.failed else ''))
 
     @classmethod
     def parse(cls, text):
@@ -313,7 +319,7 @@ class UploadMark:
             raise ValueError('unreadable upload mark %r (%s)' % (text, e))
         if since.tzinfo is None or beat.tzinfo is None:
             raise ValueError('upload mark %r has no time zone' % text)
-        return cls(uploader, since, beat)
+        return cls(uploader, since, beat, fields.get('failed') == '1')
 
     def verdict(self, stale_after=0):
         """ALIVE, DEAD or UNKNOWN for the upload behind this mark.
@@ -322,6 +328,8 @@ class UploadMark:
         age never does.  Elsewhere the upload is dead only when its
         heartbeat is older than ``stale_after`` seconds (0: never).
         """
+        if self.failed:
+            return DEAD
         verdict = self.uploader.verdict()
         if verdict == UNKNOWN and stale_after > 0 and (
                 self.silent_for() > stale_after):

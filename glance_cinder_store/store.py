@@ -172,7 +172,7 @@ class CinderStore(glance_store.driver.Store):
             heartbeat.stop()
             LOG.error('store %s: upload of image %s to volume %s failed: %s',
                       self.name, image_id, volume.id, e)
-            self._discard(volumes, volume)
+            self._discard(volumes, volume, heartbeat.mark)
             raise _translated_os_error(e)
         LOG.info('store %s: image %s written to volume %s (%d bytes, %d '
                  'zeroed without writing)', self.name, image_id, volume.id,
@@ -223,15 +223,22 @@ class CinderStore(glance_store.driver.Store):
         volumes.set_readonly(volume)    # Cinder wants it detached first
         return result
 
-    def _discard(self, volumes, volume):
-        """Delete a volume whose upload failed; leave a trace if we can't."""
+    def _discard(self, volumes, volume, mark):
+        """Delete a volume whose upload failed, or mark it for the healer."""
         try:
             volumes.delete(volume.id)
+            return
         except Exception:
             LOG.exception('store %s: could not delete the volume %s of a '
-                          'failed upload; it keeps its %s metadata for '
-                          'glance-cinder-store-cleanup', self.name, volume.id,
-                          UPLOAD_MARK)
+                          'failed upload; marking it failed for the '
+                          'self-healing pass', self.name, volume.id)
+        try:
+            volumes.set_metadata(volume,
+                                 {UPLOAD_MARK: mark.given_up().format()})
+        except Exception as e:
+            LOG.error('store %s: could not mark volume %s failed either '
+                      '(%s); it is deleted once this process is gone',
+                      self.name, volume.id, e)
 
     # -- get / get_size -----------------------------------------------------
 

@@ -267,3 +267,18 @@ def test_loop_device_must_be_backed_by_the_volume():
     assert 'volume-abc' in local.mismatch(ok, 'def')
     assert 'deleted' in local.mismatch(
         {'backing_file': '/srv/cinder/volume-abc (deleted)'}, 'abc')
+
+
+def test_a_failed_upload_it_could_not_delete_is_marked_for_the_healer(
+        store, cinder):
+    from glance_store import exceptions
+    cinder.fail['delete'] = exceptions.BackendException('503')
+    with pytest.raises(exceptions.Invalid):
+        store.add('img-f', io.BytesIO(b'x' * 10), 20, 'sha256')
+    (vol,) = cinder.volumes.values()
+    mark, _ = holders.upload_mark_of(vol)
+    assert mark.failed and mark.verdict() == holders.DEAD
+    del cinder.fail['delete']
+    findings = reconcile(store, cinder)
+    assert [f.outcome for f in findings] == ['deleted']
+    assert cinder.volumes == {}
