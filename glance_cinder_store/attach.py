@@ -281,6 +281,7 @@ class HostAttachments:
 
     def _lingering(self, record):
         return (record.mode == 'ro' and record.state == holders.ATTACHED and
+                record.boot in (None, holders.boot_id()) and
                 record.idle_since is not None and
                 time.time() - record.idle_since < self.grace)
 
@@ -325,7 +326,7 @@ class HostAttachments:
         attachment = volumes.attachment_create(volume.id, mode,
                                                self.connector_properties())
         record = holders.Record(volume.id, attachment['id'], mode,
-                                holders=[me],
+                                holders=[me], boot=me.boot,
                                 guard=connector_base.guard_of(volume))
         self.records.save(record)
         pause_point('attaching')

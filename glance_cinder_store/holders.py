@@ -172,6 +172,7 @@ class Record:
     guard: dict = None             # os-brick guard_connection's inputs
     device_id: dict = None         # identity recorded at connect time
     stripped: bool = False         # secrets were left out of the file
+    boot: str = None               # the boot it was made in
 
     @property
     def device_path(self):

@@ -12,10 +12,18 @@ import os
 import signal
 import threading
 import time
+import uuid
 
+from glance_store import exceptions
+from glance_store import location as gs_location
+import pytest
 import requests
 
+from glance_cinder_store import heal
+from glance_cinder_store import holders
 from tests.functional import conftest as fx
+from tests.functional import faultproxy
+from tests.functional import test_driver
 from tests.functional.test_images import pattern
 
 MiB = 1024 * 1024
@@ -163,3 +171,207 @@ def _volume_of(cinder, image_id):
     vols = cinder.volumes.list(search_opts={'all_tenants': 1,
                                             'name': 'image-%s' % image_id})
     return vols[0] if vols else None
+
+
+# -- a fault proxy in front of cinder-api, at each call of add/get/delete ----
+
+CINDER_API = ('127.0.0.1', 8776)
+VOL = r'/volumes/[0-9a-f-]{36}'
+ATT = r'/attachments/[0-9a-f-]{36}'
+
+
+@pytest.fixture(scope='module')
+def proxy():
+    p = faultproxy.FaultProxy(*CINDER_API)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def faulty(proxy, tmp_path):
+    """A driver-level store whose Cinder calls go through the proxy."""
+    project = fx.session_for('glance').get_project_id()
+    store = test_driver.make_store(
+        tmp_path / 'state', cinder_http_retries=1,
+        cinder_endpoint_template='http://127.0.0.1:%d/v3/%s' % (
+            proxy.port, project))
+    proxy.clear()
+    yield store
+    proxy.clear()
+    # what the self-healing pass does for the store's host state
+    heal.Healer(store).reconcile(store.volumes())
+
+
+ADD_FAULTS = [
+    # (method, path, action, times, error expected or None)
+    ('POST', r'/volumes$', 'after-503', 1, None),
+    ('POST', r'/volumes$', 'reset', 1, None),
+    ('POST', r'/attachments$', 'after-500', 1, None),
+    ('POST', r'/attachments$', 'reset', 1, None),
+    ('PUT', ATT + '$', '500', 9, 'attachment'),
+    ('POST', ATT + '/action$', '503', 9, 'completing attachment'),
+    ('PUT', VOL + '/metadata$', '500', 9, 'metadata'),
+    ('DELETE', ATT + '$', '500', 9, None),
+    ('POST', VOL + '/action$', '500', 9, 'read-only'),
+]
+
+
+@pytest.mark.parametrize('method,path,action,times,error', ADD_FAULTS,
+                         ids=['%s %s %s' % f[:3] for f in ADD_FAULTS])
+def test_cinder_fault_during_add(faulty, proxy, cinder, method, path,
+                                 action, times, error):
+    data = pattern(6 * MiB, 11)
+    image_id = str(uuid.uuid4())
+    rule = proxy.inject(method, path, action, times)
+    ctx = test_driver.Context('faults')
+    if error is None:
+        url, size, md5, sha, _ = faulty.add(image_id, io.BytesIO(data),
+                                            len(data), 'sha256', context=ctx)
+        assert rule.hits >= 1
+        assert sha == hashlib.sha256(data).hexdigest()
+        proxy.clear()
+        vols = test_driver.volumes_named(cinder, 'image-' + image_id)
+        assert len(vols) == 1, 'exactly one volume per upload'
+        loc = gs_location.get_location_from_uri_and_backend(
+            url, 'gold', conf=faulty.conf)
+        assert b''.join(faulty.get(loc, context=ctx)[0]) == data
+        # a detach that failed is finished by the healing pass
+        heal.Healer(faulty).reconcile(faulty.volumes())
+        faulty.delete(loc, context=ctx)
+    else:
+        with pytest.raises(Exception, match=error):
+            faulty.add(image_id, io.BytesIO(data), len(data), 'sha256',
+                       context=ctx)
+        assert rule.hits >= 1
+        proxy.clear()
+    fx.wait_for(lambda: _settled(cinder, 'image-' + image_id, faulty),
+                timeout=60, what='nothing left of the upload')
+
+
+def _settled(cinder, name, store):
+    heal.Healer(store).reconcile(store.volumes())
+    return not test_driver.volumes_named(cinder, name)
+
+
+@pytest.fixture(scope='module')
+def stored(glance):
+    """One image on gold, for the get and delete cases."""
+    data = pattern(6 * MiB, 12)
+    image = glance.images.create(name='gcs-func-faults', disk_format='raw',
+                                 container_format='bare')
+    glance.images.upload(image.id, io.BytesIO(data), image_size=len(data),
+                         backend='gold')
+    yield image, data
+    glance.images.delete(image.id)
+
+
+GET_FAULTS = [
+    ('POST', r'/attachments$', 'reset', 1, None),
+    ('POST', r'/attachments$', 'after-503', 1, None),
+    ('DELETE', ATT + '$', '500', 9, None),
+    ('GET', VOL + '$', '500', 9, 'volume'),
+    ('PUT', ATT + '$', '503', 9, 'attachment'),
+]
+
+
+@pytest.mark.parametrize('method,path,action,times,error', GET_FAULTS,
+                         ids=['%s %s %s' % f[:3] for f in GET_FAULTS])
+def test_cinder_fault_during_get(faulty, proxy, cinder, stored, method,
+                                 path, action, times, error):
+    image, data = stored
+    vol = fx.image_volume(cinder, image.id)
+    loc = gs_location.get_location_from_uri_and_backend(
+        'cinder://gold/%s' % vol.id, 'gold', conf=faulty.conf)
+    rule = proxy.inject(method, path, action, times)
+    ctx = test_driver.Context('faults')
+    if error is None:
+        assert b''.join(faulty.get(loc, context=ctx)[0]) == data
+    else:
+        with pytest.raises(Exception, match=error):
+            b''.join(faulty.get(loc, context=ctx)[0])
+    assert rule.hits >= 1
+    proxy.clear()
+    heal.Healer(faulty).reconcile(faulty.volumes())
+    assert not cinder.volumes.get(vol.id).attachments
+    assert not faulty.attachments.records.volume_ids()
+    assert not [d for d in fx.loop_devices() if vol.id in _backing(d)]
+
+
+@pytest.mark.parametrize('action,error', [('after-503', None),
+                                          ('500', 'refused to delete')])
+def test_cinder_fault_during_delete(faulty, proxy, cinder, action, error):
+    data = pattern(2 * MiB, 13)
+    image_id = str(uuid.uuid4())
+    ctx = test_driver.Context('faults')
+    url = faulty.add(image_id, io.BytesIO(data), len(data), 'sha256',
+                     context=ctx)[0]
+    loc = gs_location.get_location_from_uri_and_backend(
+        url, 'gold', conf=faulty.conf)
+    proxy.inject('DELETE', VOL + '$', action, 9)
+    if error is None:
+        faulty.delete(loc, context=ctx)
+    else:
+        with pytest.raises(exceptions.InUseByStore, match=error):
+            faulty.delete(loc, context=ctx)
+        proxy.clear()
+        faulty.delete(loc, context=ctx)        # and a retry works
+    proxy.clear()
+    fx.wait_for(lambda: not test_driver.volumes_named(
+        cinder, 'image-' + image_id), timeout=60, what='volume deleted')
+
+
+# -- host-side faults --------------------------------------------------------
+
+def test_simulated_reboot_makes_earlier_records_stale(tmp_path, cinder,
+                                                      stored, monkeypatch):
+    image, data = stored
+    vol = fx.image_volume(cinder, image.id)
+    monkeypatch.setenv(holders.BOOT_ID_ENV, 'boot-before')
+    store = test_driver.make_store(tmp_path / 'state',
+                                   cinder_plus_attach_grace_period=600)
+    loc = gs_location.get_location_from_uri_and_backend(
+        'cinder://gold/%s' % vol.id, 'gold', conf=store.conf)
+    ctx = test_driver.Context('faults')
+    reading = store.get(loc, context=ctx)[0]
+    first = next(reading)
+    assert first == data[:len(first)]
+    # held by a live reader of this boot: kept
+    assert not [f for f in heal.Healer(store).reconcile(store.volumes())
+                if f.volume_id == vol.id]
+    assert cinder.volumes.get(vol.id).attachments
+    started = time.time()
+    monkeypatch.setenv(holders.BOOT_ID_ENV, 'boot-after')
+    findings = heal.Healer(store).reconcile(store.volumes())
+    assert [(f.volume_id, f.outcome) for f in findings
+            if f.volume_id == vol.id] == [(vol.id, 'detached')]
+    print('\nreboot: healed in %.1fs' % (time.time() - started))
+    reading.close()         # the "previous boot's" reader goes away
+    assert not cinder.volumes.get(vol.id).attachments
+    assert not [d for d in fx.loop_devices() if vol.id in _backing(d)]
+
+
+def test_unusable_state_dir_is_a_clear_error(cinder):
+    store = test_driver.make_store('/proc/gcs-no-such-dir')
+    image_id = str(uuid.uuid4())
+    with pytest.raises(exceptions.BadStoreConfiguration,
+                       match='cinder_plus_state_dir'):
+        store.add(image_id, io.BytesIO(b'x' * MiB), MiB, 'sha256',
+                  context=test_driver.Context('faults'))
+    fx.wait_for(lambda: not test_driver.volumes_named(
+        cinder, 'image-' + image_id), timeout=60, what='volume deleted')
+
+
+def test_backend_full_is_a_clear_error(tmp_path, cinder):
+    project = fx.session_for('glance').get_project_id()
+    quota = cinder.quotas.get(project)
+    used = cinder.quotas.get(project, usage=True).gigabytes['in_use']
+    cinder.quotas.update(project, gigabytes=used)
+    try:
+        store = test_driver.make_store(tmp_path / 'state')
+        image_id = str(uuid.uuid4())
+        with pytest.raises(exceptions.StorageFull, match='quota'):
+            store.add(image_id, io.BytesIO(b'x' * MiB), MiB, 'sha256',
+                      context=test_driver.Context('faults'))
+        assert not test_driver.volumes_named(cinder, 'image-' + image_id)
+    finally:
+        cinder.quotas.update(project, gigabytes=quota.gigabytes)

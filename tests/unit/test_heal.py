@@ -282,3 +282,17 @@ def test_a_failed_upload_it_could_not_delete_is_marked_for_the_healer(
     findings = reconcile(store, cinder)
     assert [f.outcome for f in findings] == ['deleted']
     assert cinder.volumes == {}
+
+
+def test_a_lingering_attachment_of_an_earlier_boot_is_stale(
+        make_store, cinder, monkeypatch):
+    store = make_store(cinder_plus_attach_grace_period=600)
+    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+    monkeypatch.setenv(holders.BOOT_ID_ENV, 'boot-1')
+    with store.attachments.attach(cinder, vol, 'ro'):
+        pass
+    assert reconcile(store, cinder) == []           # lingering: kept
+    monkeypatch.setenv(holders.BOOT_ID_ENV, 'boot-2')
+    assert [f.outcome for f in reconcile(store, cinder)] == ['detached']
+    assert cinder.attachments == {}
+    store.attachments._idle.clear()
