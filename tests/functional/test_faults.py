@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -375,3 +376,65 @@ def test_backend_full_is_a_clear_error(tmp_path, cinder):
         assert not test_driver.volumes_named(cinder, 'image-' + image_id)
     finally:
         cinder.quotas.update(project, gigabytes=quota.gigabytes)
+
+
+# -- cloud services failing under an upload --------------------------------
+
+def aio(*args):
+    subprocess.run([fx.AIO] + list(args), check=True, capture_output=True,
+                   timeout=300)
+
+
+def kill_service(name):
+    with open(os.path.join(fx.AIO_ROOT, 'run', name + '.pid')) as f:
+        os.kill(int(f.read()), signal.SIGKILL)
+
+
+class SlowStream:
+    """Upload data that calls ``halfway`` once, half-way through."""
+
+    def __init__(self, data, halfway):
+        self.data = io.BytesIO(data)
+        self.size = len(data)
+        self.halfway = halfway
+
+    def read(self, n=-1):
+        if self.halfway and self.data.tell() >= self.size // 2:
+            self.halfway, halfway = None, self.halfway
+            halfway()
+        return self.data.read(min(n, MiB) if n and n > 0 else MiB)
+
+
+@pytest.mark.parametrize('service,down', [('cinder-volume', 10),
+                                          ('keystone', 30)])
+def test_service_down_during_write(tmp_path, cinder, service, down):
+    store = test_driver.make_store(tmp_path / 'state')
+    data = pattern(32 * MiB, 14)
+    image_id = str(uuid.uuid4())
+    ctx = test_driver.Context('faults')
+    restarted = threading.Event()
+
+    def outage():
+        kill_service(service)
+
+        def restart():
+            time.sleep(down)
+            aio('restart', service)
+            restarted.set()
+        threading.Thread(target=restart, daemon=True).start()
+    try:
+        url, size, _, sha, _ = store.add(image_id, SlowStream(data, outage),
+                                         len(data), 'sha256', context=ctx)
+        assert sha == hashlib.sha256(data).hexdigest()
+        loc = gs_location.get_location_from_uri_and_backend(
+            url, 'gold', conf=store.conf)
+        restarted.wait(300)
+        assert b''.join(store.get(loc, context=ctx)[0]) == data
+        store.delete(loc, context=ctx)
+    except Exception as e:
+        # a failure must say what failed, and leave nothing behind
+        assert 'Cinder' in str(e) or 'Keystone' in str(e), e
+    finally:
+        restarted.wait(300)
+    fx.wait_for(lambda: _settled(cinder, 'image-' + image_id, store),
+                timeout=120, what='nothing left of the upload')
