@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+import zlib
 
 from glance_store import exceptions
 from oslo_concurrency import lockutils
@@ -36,6 +37,8 @@ LOG = logging.getLogger(__name__)
 
 #: Recorded as the attachment's mountpoint: how Cinder shows our attachments.
 MOUNTPOINT = 'glance_cinder_store'
+#: How many lock files the volumes of this host share.
+LOCK_BUCKETS = 1024
 
 
 def _host_ip(host):
@@ -140,7 +143,12 @@ class HostAttachments:
     # -- building blocks ------------------------------------------------
 
     def lock(self, volume_id):
-        return lockutils.lock('cinder-plus-%s' % volume_id, external=True,
+        # A fixed set of lock files, not one per volume ever attached: a
+        # lock file cannot be removed safely while someone may open it, so
+        # volumes share LOCK_BUCKETS files (critical sections are short and
+        # never nested).
+        bucket = zlib.crc32(volume_id.encode()) % LOCK_BUCKETS
+        return lockutils.lock('cinder-plus-%04d' % bucket, external=True,
                               lock_path=self.lock_dir)
 
     def connector_properties(self):
