@@ -26,6 +26,7 @@ from tests.functional import conftest as fx
 from tests.functional import faultproxy
 from tests.functional import test_driver
 from tests.functional.test_images import pattern
+from tests.functional import test_tools
 
 MiB = 1024 * 1024
 #: The goal: a killed worker's leftovers are gone within this, unaided.
@@ -141,6 +142,14 @@ def test_workers_killed_mid_upload_heal_without_an_operator(
     time_to_heal(lambda: not leftovers(cinder, vol.id), started)
     # the image never became active with partial bytes
     assert glance.images.get(image.id).status in ('saving', 'queued')
+    # the clean-up tool reports the image, and deletes it when told to
+    out = test_tools.run('glance-cinder-store-cleanup', user='glance')
+    assert 'image %s: left saving by a dead upload' % image.id in (
+        out.stdout), out.stdout + out.stderr
+    out = test_tools.run('glance-cinder-store-cleanup',
+                         '--delete-saving-images', user='glance')
+    assert 'image %s: left saving by a dead upload: deleted' % image.id in (
+        out.stdout), out.stdout + out.stderr
 
 
 def test_workers_killed_mid_download_heal_without_an_operator(
