@@ -161,9 +161,12 @@ class HostAttachments:
             self._props = props
         return dict(self._props)
 
-    def connection(self, record, volume=None):
+    def connection(self, record, volume=None, volumes=None):
+        """The record's connection; with ``volumes``, with its secrets."""
+        info = (self._connection_info(volumes, record) if volumes
+                else record.connection_info)
         return connectors.for_connection(
-            record.connection_info, root_helper=self.root_helper,
+            info, root_helper=self.root_helper,
             use_multipath=self.conf.cinder_use_multipath,
             mount_point_base=self.conf.cinder_mount_point_base,
             volume=volume)
@@ -177,7 +180,7 @@ class HostAttachments:
         record = self._acquire(volumes, volume, mode, me)
         attached = None
         try:
-            connection = self.connection(record, volume)
+            connection = self.connection(record, volume, volumes)
             if connection.local_path:
                 # on every open, shared or new: is the device the volume?
                 connection.check_identity(record.device_info,
@@ -441,14 +444,10 @@ class HostAttachments:
                 LOG.info('volume %s: leaving the device, attachment(s) %s on '
                          'this host still use it', record.volume_id, others)
                 return
-        info = self._connection_info(volumes, record)
         try:
             with connector_base.guarded(record.guard):
-                connectors.for_connection(
-                    info, root_helper=self.root_helper,
-                    use_multipath=self.conf.cinder_use_multipath,
-                    mount_point_base=self.conf.cinder_mount_point_base,
-                ).disconnect(record.device_info)
+                self.connection(record, volumes=volumes).disconnect(
+                    record.device_info)
         except Exception as e:
             if save:
                 self.records.save(record)
