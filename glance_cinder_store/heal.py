@@ -28,6 +28,9 @@ from glance_cinder_store import holders
 
 LOG = logging.getLogger(__name__)
 
+#: Seconds a pass waits for a detached volume to become deletable.
+SETTLE_TIMEOUT = 15
+
 #: One pass at a time within a process (flock is per process).
 _PROCESS_LOCK = threading.Lock()
 
@@ -169,9 +172,10 @@ class Healer:
             if dry_run:
                 finding.outcome = 'would delete'
                 return finding
+            # briefly: a volume still busy is retried by the next pass
             volume = volumes.wait_for(volumes.get(vol.id), 'available',
                                       ('in-use', 'detaching', 'attaching',
-                                       'reserved'))
+                                       'reserved'), timeout=SETTLE_TIMEOUT)
             if holders.upload_mark_of(volume)[0] is None:
                 finding.action, finding.outcome = 'keep', 'upload finished'
                 return finding

@@ -203,6 +203,7 @@ def faulty(proxy, tmp_path):
     project = fx.session_for('glance').get_project_id()
     store = test_driver.make_store(
         tmp_path / 'state', cinder_http_retries=1,
+        cinder_state_transition_timeout=30,
         cinder_endpoint_template='http://127.0.0.1:%d/v3/%s' % (
             proxy.port, project))
     proxy.clear()
