@@ -295,4 +295,4 @@ def test_a_lingering_attachment_of_an_earlier_boot_is_stale(
     monkeypatch.setenv(holders.BOOT_ID_ENV, 'boot-2')
     assert [f.outcome for f in reconcile(store, cinder)] == ['detached']
     assert cinder.attachments == {}
-    store.attachments._idle.clear()
+    store.attachments.warm.forget(vol.id)
