@@ -7,7 +7,7 @@
 # stack post-config  glance-api.conf: the cinder_plus stores; cinder.conf:
 #                    Cinder's clone paths for cinder:// images
 # stack extra        the stores' volume types and the service project's
-#                    volume quota; glance-cinder-store-check
+#                    volume quota; glance-cinder-store-check --attach-test
 # unstack            glance-cinder-store-cleanup (detach what is left)
 # clean              remove the state folder, sudoers entry and filters
 
@@ -193,9 +193,10 @@ function create_glance_cinder_plus_volume_types {
         --volumes "$GLANCE_CINDER_PLUS_VOLUME_QUOTA" "$SERVICE_PROJECT_NAME"
 }
 
+# A real attach round trip of each store (a 1 GiB volume, read-only).
 function check_glance_cinder_store {
     "$GLANCE_BIN_DIR/glance-cinder-store-check" \
-        --config-file "$GLANCE_API_CONF" ||
+        --config-file "$GLANCE_API_CONF" --attach-test ||
         die $LINENO "glance-cinder-store-check failed"
 }
 

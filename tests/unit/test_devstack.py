@@ -248,7 +248,7 @@ def test_extra_creates_volume_types_then_checks(devstack):
             'service') in cmds
     check = [c for c in cmds if c.startswith('glance-cinder-store-check')]
     assert check == ['glance-cinder-store-check --config-file '
-                     '/etc/glance/glance-api.conf']
+                     '/etc/glance/glance-api.conf --attach-test']
     assert cmds.index(check[0]) > max(
         i for i, c in enumerate(cmds) if c.startswith('openstack'))
 
