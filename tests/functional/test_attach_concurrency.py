@@ -177,23 +177,6 @@ def test_16_downloads_from_4_processes_share_one_attachment(
     cinder.volumes.delete_metadata(vol.id, [RELEASE_MARK])
 
 
-def test_same_load_on_the_builtin_driver_for_comparison(
-        glance, admin, glance_url, cinder, images):
-    """Not a requirement on the built-in driver: figures for the note."""
-    data = pattern(SIZE, 5)
-    img = images()
-    glance.images.upload(img.id, io.BytesIO(data), image_size=len(data),
-                         backend='builtin')
-    vol = fx.image_volume(cinder, img.id)
-    results, wall, peak = concurrent_downloads(admin, glance_url, img.id,
-                                               vol.id, cinder)
-    print('\nbuilt-in: 16 downloads, %d failed, wall %.1fs, peak '
-          'attachments %d' % (len([r for r in results if not r[0]]), wall,
-                              peak))
-    fx.wait_for(lambda: not cinder.volumes.get(vol.id).attachments,
-                timeout=120, what='built-in attachments released')
-
-
 def test_killed_reader_does_not_hurt_the_others(image, cinder, state_dir):
     img, vol, sha = image
     readers = [start_reader(state_dir, vol.id, 0.05) for _ in range(3)]

@@ -148,15 +148,22 @@ def test_unknown_store_is_a_clear_error(glance, cinder, images):
     assert not set(fx.all_volumes(cinder)) - before
 
 
-def test_stores_info(glance, admin, glance_url):
-    """/v2/info/stores lists ours; /detail is Glance's 500 (see README)."""
+def test_stores_info(glance):
+    """/v2/info/stores lists our stores like any other."""
     stores = {s['id'] for s in glance.images.get_stores_info()['stores']}
-    assert {'gold', 'silver', 'builtin'} <= stores
+    assert {fx.names.GOLD, fx.names.SILVER, fx.names.BUILTIN} <= stores
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Glance bug: GET /v2/info/stores/detail looks each store's type up in a "
+    "fixed map of property readers (glance/api/v2/discovery.py) and fails "
+    "with 500 on a type it does not know, such as cinder_plus (README)"))
+def test_stores_detail_lists_ours(admin, glance_url):
     detail = admin.get('%s/v2/info/stores/detail' % glance_url,
                        raise_exc=False)
-    # Glance maps store *types* to property readers and knows no
-    # 'cinder_plus': the whole endpoint fails. Documented in README.
-    assert detail.status_code in (403, 500)
+    assert detail.status_code == 200, detail.status_code
+    types = {s['id']: s['type'] for s in detail.json()['stores']}
+    assert types[fx.names.GOLD] == 'cinder_plus'
 
 
 def test_glance_runs_as_a_non_root_user():
