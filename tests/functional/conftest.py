@@ -7,58 +7,30 @@ the cinder-volume log the clone checks read.
 """
 
 import os
-import re
-import shlex
-import subprocess
 import sys
-import time
 import uuid
 
 from cinderclient import client as cinder_client
 from glanceclient import client as glance_client
-from keystoneauth1.identity import v3
-from keystoneauth1 import session as ks_session
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-AIO = os.path.join(REPO, 'tools', 'aio')
-AIO_ROOT = os.environ.get('AIO_ROOT', '/opt/gcs-aio')
+sys.path.insert(0, os.path.join(REPO, 'tools'))
+from aio_lib import common  # noqa: E402  (tools/ is not installed)
+from aio_lib import names  # noqa: E402
+
+AIO_ROOT = common.AIO_ROOT
 CINDER_LOG = os.environ.get(
     'GCS_CINDER_LOG', os.path.join(AIO_ROOT, 'logs', 'cinder-volume.log'))
 GLANCE_CONF = os.environ.get('GCS_GLANCE_CONF', '/etc/glance/glance-api.conf')
-USERS = {'admin': 'admin', 'demo': 'demo', 'other': 'other',
-         'glance': 'service'}
-sys.path.insert(0, os.path.join(REPO, 'tools'))
-from aio_lib import names  # noqa: E402  (tools/ is not installed)
-
 TYPES = names.TYPES
-
-
-def _cloud_env():
-    if os.environ.get('GCS_CLOUD') == 'external':
-        return dict(os.environ)
-    out = subprocess.run([AIO, 'env', 'admin'], capture_output=True,
-                         text=True, check=True).stdout
-    env = {}
-    for line in out.splitlines():
-        m = re.match(r'export (\w+)=(.*)$', line)
-        if m:
-            env[m.group(1)] = shlex.split(m.group(2))[0] if m.group(2) else ''
-    return env
-
-
-ENV = _cloud_env()
+ENV = common.aio_env()
+wait_for = common.wait_for
 
 
 def session_for(user):
-    password = (ENV['OS_PASSWORD'] if user == 'admin' else
-                os.environ.get('GCS_PASSWORD', ENV['OS_PASSWORD']))
-    auth = v3.Password(auth_url=ENV['OS_AUTH_URL'], username=user,
-                       password=password, project_name=USERS[user],
-                       user_domain_name='Default',
-                       project_domain_name='Default')
-    return ks_session.Session(auth=auth)
+    return common.session(user, env=ENV)
 
 
 @pytest.fixture(scope='session')
@@ -88,10 +60,15 @@ def glance_url(admin):
 
 
 def loop_devices():
-    out = subprocess.run(['losetup', '--list', '--noheadings', '--output',
-                          'NAME,BACK-FILE'], capture_output=True, text=True)
-    return set(line.split()[0] for line in out.stdout.splitlines()
-               if AIO_ROOT in line)
+    """The loop devices bound to files of the cloud."""
+    return set(common.loop_devices(under=AIO_ROOT))
+
+
+def loops_of(volume_id):
+    """The loop devices bound to ``volume_id``'s file."""
+    return [device for device, backing in
+            common.loop_devices(under=AIO_ROOT).items()
+            if volume_id in backing]
 
 
 def all_volumes(cinder):
@@ -105,31 +82,22 @@ def nothing_leaks(cinder):
     volumes_before = set(all_volumes(cinder))
     loops_before = loop_devices()
     yield
-    deadline = time.time() + 60
-    while True:
+
+    def leftovers():
         vols = all_volumes(cinder)
-        leaked = {vid: (v.name, v.status) for vid, v in vols.items()
-                  if vid not in volumes_before}
-        attached = {vid: v.attachments for vid, v in vols.items()
-                    if v.attachments}
-        loops = loop_devices() - loops_before
-        if not (leaked or attached or loops) or time.time() > deadline:
-            break
-        time.sleep(1)
+        return ({vid: (v.name, v.status) for vid, v in vols.items()
+                 if vid not in volumes_before},
+                {vid: v.attachments for vid, v in vols.items()
+                 if v.attachments},
+                loop_devices() - loops_before)
+    try:
+        wait_for(lambda: not any(leftovers()), timeout=60, interval=1)
+    except common.TimedOut:
+        pass
+    leaked, attached, loops = leftovers()
     assert not leaked, 'volumes left behind: %s' % leaked
     assert not attached, 'attachments left behind: %s' % attached
     assert not loops, 'loop devices left behind: %s' % loops
-
-
-def wait_for(predicate, timeout=120, interval=0.5, what='condition'):
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError('timed out waiting for %s' % what)
-        time.sleep(interval)
 
 
 def image_volume(cinder, image_id):

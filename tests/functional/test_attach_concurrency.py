@@ -74,13 +74,6 @@ def our_attachments(cinder, volume_id):
             if a.get('host_name') == socket.gethostname()]
 
 
-def loop_of(volume_id):
-    out = subprocess.run(['losetup', '--list', '--noheadings', '--output',
-                          'NAME,BACK-FILE'], capture_output=True, text=True)
-    return [line.split()[0] for line in out.stdout.splitlines()
-            if volume_id in line]
-
-
 def store_and_location(state_dir, volume_id, **overrides):
     """Our driver, as one more glance-api process of this host would be."""
     store = test_driver.make_store(state_dir, **overrides)
@@ -108,7 +101,7 @@ def image_being_read(glance, cinder, images, state_dir, delay):
 def assert_clean(cinder, volume_id, state_dir):
     fx.wait_for(lambda: not cinder.volumes.get(volume_id).attachments,
                 timeout=30, what='attachments of %s gone' % volume_id)
-    assert not loop_of(volume_id)
+    assert not fx.loops_of(volume_id)
     assert not os.listdir(os.path.join(state_dir, 'attachments'))
 
 
@@ -254,12 +247,12 @@ def test_foreign_attachment_on_this_host_survives_our_detach(
         assert hashlib.sha256(body).hexdigest() == sha
         atts = cinder.volumes.get(vol.id).attachments
         assert [a['attachment_id'] for a in atts] == [nova['id']]
-        assert os.path.exists(device) and loop_of(vol.id)
+        assert os.path.exists(device) and fx.loops_of(vol.id)
         with open(device, 'rb') as f:       # still usable by "nova"
             assert f.read(4096) == pattern(4096, 5)
     finally:
         cinder.attachments.delete(nova['id'])
-    fx.wait_for(lambda: not loop_of(vol.id), timeout=30,
+    fx.wait_for(lambda: not fx.loops_of(vol.id), timeout=30,
                 what='loop device released')
 
 

@@ -77,18 +77,8 @@ def leftovers(cinder, volume_id):
                  for a in vol.attachments]
     except Exception:
         pass
-    left += ['loop %s' % d for d in fx.loop_devices()
-             if volume_id in _backing(d)]
+    left += ['loop %s' % d for d in fx.loops_of(volume_id)]
     return left
-
-
-def _backing(device):
-    name = os.path.basename(device)
-    try:
-        with open('/sys/block/%s/loop/backing_file' % name) as f:
-            return f.read()
-    except OSError:
-        return ''
 
 
 def attachments_of(cinder, volume_id):
@@ -170,8 +160,8 @@ def test_workers_killed_mid_download_heal_without_an_operator(
     kill_workers()
     resp.close()
     wait_glance_back(glance_url)
-    time_to_heal(lambda: not attachments_of(cinder, vol.id) and not [
-        d for d in fx.loop_devices() if vol.id in _backing(d)], started)
+    time_to_heal(lambda: not attachments_of(cinder, vol.id) and not
+                 fx.loops_of(vol.id), started)
     # and the image still reads back whole
     got = hashlib.sha256(b''.join(glance.images.data(image.id)))
     assert got.hexdigest() == hashlib.sha256(data).hexdigest()
