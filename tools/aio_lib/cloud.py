@@ -16,10 +16,10 @@ tools/aio exports (AIO_IP, AIO_PASSWORD, ...).
 import os
 import socket
 import sys
-import time
 import urllib.error
 import urllib.request
 
+from aio_lib import common
 from aio_lib import names
 
 IP = os.environ.get('AIO_IP', '127.0.0.1')
@@ -58,13 +58,8 @@ STORE_VOLUME_TYPES = {
 }
 
 
-def session(user='admin', project='admin'):
-    from keystoneauth1.identity import v3
-    from keystoneauth1 import session as ks_session
-    auth = v3.Password(auth_url=AUTH_URL, username=user, password=PASSWORD,
-                       project_name=project, user_domain_name='Default',
-                       project_domain_name='Default')
-    return ks_session.Session(auth=auth)
+def session(user='admin'):
+    return common.session(user, password=PASSWORD, auth_url=AUTH_URL)
 
 
 def _find_or_create(manager, name, **kwargs):
@@ -127,37 +122,38 @@ def cinder_setup():
                              per_volume_gigabytes=-1, groups=-1)
 
 
+def _wait(predicate, timeout, what):
+    try:
+        common.wait_for(predicate, float(timeout), interval=0.3, what=what)
+    except common.TimedOut as e:
+        sys.exit(str(e))
+
+
 def wait_queue(queue, timeout):
     """Wait until `queue` exists on RabbitMQ and has a consumer."""
     import amqp
-    deadline = time.time() + float(timeout)
-    while True:
+
+    def consumed():
         try:
             with amqp.Connection('%s:5672' % IP, userid='guest',
                                  password='guest', connect_timeout=2) as c:
-                _, _, consumers = c.channel().queue_declare(queue,
-                                                            passive=True)
-                if consumers:
-                    return
+                return c.channel().queue_declare(queue, passive=True)[2]
         except (amqp.exceptions.NotFound, OSError):
-            pass
-        if time.time() > deadline:
-            sys.exit('timed out waiting for a consumer on queue %s' % queue)
-        time.sleep(0.3)
+            return 0
+    _wait(consumed, timeout, 'a consumer on queue %s' % queue)
 
 
 def wait_http(url, timeout):
-    deadline = time.time() + float(timeout)
-    while True:
+    """Wait until ``url`` answers, whatever its HTTP status."""
+    def answers():
         try:
             urllib.request.urlopen(url, timeout=2).close()
-            return
         except urllib.error.HTTPError:
-            return
+            pass
         except (urllib.error.URLError, OSError):
-            if time.time() > deadline:
-                sys.exit('timed out waiting for %s' % url)
-            time.sleep(0.3)
+            return False
+        return True
+    _wait(answers, timeout, url)
 
 
 def _configured_backends():

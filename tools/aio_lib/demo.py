@@ -34,17 +34,16 @@ import time
 
 from cinderclient import client as cinder_client
 from glanceclient import client as glance_client
-from keystoneauth1.identity import v3
-from keystoneauth1 import session as ks_session
 
+from aio_lib import common
 from aio_lib import names
 
 GOLD, SILVER = names.GOLD, names.SILVER
 
-AIO_ROOT = os.environ.get('AIO_ROOT', '/opt/gcs-aio')
+AIO_ROOT = common.AIO_ROOT
 IP = os.environ.get('AIO_IP', '127.0.0.1')
 PASSWORD = os.environ.get('AIO_PASSWORD', 'aio-secret')
-LOOP_DIR = os.path.join(AIO_ROOT, 'data/cinder/loop')
+LOOP_DIR = common.LOOP_DIR
 CINDER_VOLUME_LOG = os.path.join(AIO_ROOT, 'logs/cinder-volume.log')
 IMAGE_MIB = int(os.environ.get('DEMO_IMAGE_MIB', '128'))
 MiB = 1024 * 1024
@@ -84,40 +83,39 @@ def step(title):
 
 
 def clients(user, project):
-    auth = v3.Password(auth_url='http://%s:5000/v3' % IP, username=user,
-                       password=PASSWORD, project_name=project,
-                       user_domain_name='Default',
-                       project_domain_name='Default')
-    sess = ks_session.Session(auth=auth)
+    sess = common.session(user, project, password=PASSWORD,
+                          auth_url='http://%s:5000/v3' % IP)
     return (sess, glance_client.Client('2', session=sess),
             cinder_client.Client('3.70', session=sess))
 
 
 def wait_for(what, get, done, fail=(), timeout=300, every=0.5):
-    deadline = time.time() + timeout
-    while True:
+    """``get()`` until ``done`` says yes; stop early on a ``fail`` status."""
+    def ready():
         obj = get()
         if done(obj):
             return obj
         status = getattr(obj, 'status', None) or obj.get('status')
         if status in fail:
             raise RuntimeError('%s went %s' % (what, status))
-        if time.time() > deadline:
-            raise RuntimeError('timed out waiting for %s (%s)'
-                               % (what, status))
-        time.sleep(every)
+        return None
+    return common.wait_for(ready, timeout, every, what)
 
 
 def wait_volume_gone(cinder, volume_id, timeout=120):
     from cinderclient import exceptions
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def gone():
         try:
             cinder.volumes.get(volume_id)
         except exceptions.NotFound:
             return True
-        time.sleep(0.5)
-    return False
+        return False
+    try:
+        return common.wait_for(gone, timeout, what='volume %s deleted'
+                               % volume_id)
+    except common.TimedOut:
+        return False
 
 
 def build_image(workdir):
@@ -211,10 +209,8 @@ def volume_of_location(url):
 
 
 def loops_on_our_files():
-    out = subprocess.run(['losetup', '--list', '--noheadings', '--output',
-                          'NAME,BACK-FILE'], capture_output=True, text=True,
-                         check=True).stdout
-    return [line for line in out.splitlines() if LOOP_DIR in line]
+    """{loop device: volume file} of Cinder's loop backend."""
+    return common.loop_devices(under=LOOP_DIR)
 
 
 def rbd_parent(volume_id):
@@ -429,8 +425,8 @@ def main(argv=None):
         made_ever['images']]
     attachments = [a.id for a in admin_cinder.attachments.list(
         search_opts={'all_tenants': 1}) if a.volume_id in seen]
-    loops = [line for line in loops_on_our_files()
-             if any(v in line for v in seen)]
+    loops = [device for device, backing in loops_on_our_files().items()
+             if any(v in backing for v in seen)]
     files = [n for n in (os.listdir(LOOP_DIR) if os.path.isdir(LOOP_DIR)
                          else []) if any(v in n for v in seen)]
     say('  left: %d volume(s), %d attachment(s), %d loop device(s), '
@@ -441,14 +437,16 @@ def main(argv=None):
     check(not leftovers and not attachments and not loops and not files,
           'no volume, attachment, loop device or volume file is left')
     if profile['rbd']:
-        deadline = time.time() + 60
-        while True:     # cinder deletes volumes in the background
+        def ours_in_ceph():
             live, silent = rbd_images()
-            images = [n for n in live if any(v in n for v in seen)]
-            if not images or time.time() > deadline:
-                break
-            time.sleep(1)
-        silent = [n for n in silent if any(v in n for v in seen)]
+            return ([n for n in live if any(v in n for v in seen)],
+                    [n for n in silent if any(v in n for v in seen)])
+        try:    # cinder deletes volumes in the background
+            common.wait_for(lambda: not ours_in_ceph()[0], 60, 1,
+                            'RBD images deleted')
+        except common.TimedOut:
+            pass
+        images, silent = ours_in_ceph()
         keys = key_files() - keys_before
         say('  left in Ceph: %d RBD image(s) %s; %d temporary key file(s)'
             % (len(images), images, len(keys)))
