@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 
+from aio_lib import common as aio_common
 from aio_lib import names
 from bench_lib import common
 from bench_lib.common import log
@@ -191,18 +192,11 @@ class Bench:
     def _cinder_client(self):
         """Our own look-ups (volume gone yet?) as the glance service user."""
         from cinderclient import client as cinder_client
-        from keystoneauth1.identity import v3
-        from keystoneauth1 import session as ks_session
         g = self.conf[self.backend]
-        auth = v3.Password(auth_url=g.cinder_store_auth_address,
-                           username=g.cinder_store_user_name,
-                           password=g.cinder_store_password,
-                           project_name=g.cinder_store_project_name,
-                           user_domain_name=g.cinder_store_user_domain_name,
-                           project_domain_name=(
-                               g.cinder_store_project_domain_name))
-        return cinder_client.Client('3.54', session=ks_session.Session(
-            auth=auth))
+        return cinder_client.Client('3.54', session=aio_common.session(
+            g.cinder_store_user_name, g.cinder_store_project_name,
+            password=g.cinder_store_password,
+            auth_url=g.cinder_store_auth_address))
 
     # -- helpers ---------------------------------------------------------
 
@@ -269,14 +263,15 @@ class Bench:
         vol_id = loc.store_location.volume_id
         t = time.monotonic()
         self.store.delete(loc, context=self.ctx)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+
+        def gone():
             try:
                 self.cinder.volumes.get(vol_id)
             except cexc.NotFound:
-                return time.monotonic() - t
-            time.sleep(0.2)
-        raise RuntimeError('volume %s not deleted after 300 s' % vol_id)
+                return True
+            return False
+        aio_common.wait_for(gone, 300, 0.2, 'volume %s deleted' % vol_id)
+        return time.monotonic() - t
 
     def extend_cost(self, extends=3):
         """Seconds of each growth of an attached volume, as add does it.

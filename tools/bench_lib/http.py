@@ -10,13 +10,11 @@ compete with glance-api for the two cores; sizes are checked.
 """
 
 import os
-import re
-import shlex
-import subprocess
 import threading
 import time
 import uuid
 
+from aio_lib import common as aio_common
 from aio_lib import names
 from bench_lib import common
 from bench_lib.common import log
@@ -28,24 +26,7 @@ NAME_PREFIX = 'gcs-bench-'
 
 def admin_auth():
     """Admin credentials, from ``tools/aio env admin`` (or OS_* variables)."""
-    env = {}
-    if os.environ.get('GCS_CLOUD') == 'external':
-        env = dict(os.environ)
-    else:
-        out = subprocess.run([os.path.join(common.TOOLS, 'aio'), 'env',
-                              'admin'], capture_output=True, text=True,
-                             check=True).stdout
-        for line in out.splitlines():
-            m = re.match(r'export (\w+)=(.*)$', line)
-            if m:
-                env[m.group(1)] = (shlex.split(m.group(2))[0]
-                                   if m.group(2) else '')
-    from keystoneauth1.identity import v3
-    return v3.Password(
-        auth_url=env['OS_AUTH_URL'], username=env['OS_USERNAME'],
-        password=env['OS_PASSWORD'], project_name=env['OS_PROJECT_NAME'],
-        user_domain_name=env.get('OS_USER_DOMAIN_NAME', 'Default'),
-        project_domain_name=env.get('OS_PROJECT_DOMAIN_NAME', 'Default'))
+    return aio_common.session('admin').auth
 
 
 class Api:
@@ -130,13 +111,16 @@ class Api:
 
     def wait_volumes_gone(self, image_ids, timeout=300):
         names = {'image-%s' % i for i in image_ids}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            vols = [v for v in self.cinder.volumes.list(
+
+        def left():
+            return [v for v in self.cinder.volumes.list(
                 search_opts={'all_tenants': 1}) if v.name in names]
-            if not vols:
-                return
-            time.sleep(0.5)
+        try:
+            aio_common.wait_for(lambda: not left(), timeout,
+                                what='image volumes deleted')
+            return
+        except aio_common.TimedOut:
+            vols = left()
         log('volumes still there after %d s: %s'
             % (timeout, [v.id for v in vols]))
 
@@ -159,34 +143,38 @@ def sweep_leftovers(cinder, image_ids=(), timeout=300):
     """
     from cinderclient import exceptions as cexc
     from keystoneauth1 import exceptions as ks_exc
+    import tenacity
     names = {'image-%s' % i for i in image_ids}
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            for vol in cinder.volumes.list(search_opts={'all_tenants': 1}):
-                if not (vol.name in names or (vol.metadata or {}).get(
-                        'image_owner') == BENCH_OWNER):
-                    continue
-                if vol.status == 'deleting':
-                    continue
-                log('deleting volume %s (%s) left behind' % (vol.id,
-                                                             vol.status))
-                for att in vol.attachments:
-                    cinder.attachments.delete(att['attachment_id'])
-                try:
-                    cinder.volumes.delete(vol.id)
-                except cexc.BadRequest:
-                    cinder.volumes.reset_state(vol.id, 'available')
-                    cinder.volumes.delete(vol.id)
-            return
-        except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout,
-                cexc.ClientException) as e:
-            if time.monotonic() > deadline:
-                log('could not clean up volumes: %s' % e)
-                return
-            log('Cinder unreachable while cleaning up (%s); retrying' %
-                type(e).__name__)
-            time.sleep(5)
+
+    def sweep():
+        for vol in cinder.volumes.list(search_opts={'all_tenants': 1}):
+            if not (vol.name in names or (vol.metadata or {}).get(
+                    'image_owner') == BENCH_OWNER):
+                continue
+            if vol.status == 'deleting':
+                continue
+            log('deleting volume %s (%s) left behind' % (vol.id, vol.status))
+            for att in vol.attachments:
+                cinder.attachments.delete(att['attachment_id'])
+            try:
+                cinder.volumes.delete(vol.id)
+            except cexc.BadRequest:
+                cinder.volumes.reset_state(vol.id, 'available')
+                cinder.volumes.delete(vol.id)
+
+    unreachable = (ks_exc.ConnectFailure, ks_exc.ConnectTimeout,
+                   cexc.ClientException)
+    try:
+        tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(unreachable),
+            wait=tenacity.wait_fixed(5),
+            stop=tenacity.stop_after_delay(timeout),
+            before_sleep=lambda state: log(
+                'Cinder unreachable while cleaning up (%s); retrying'
+                % type(state.outcome.exception()).__name__),
+            reraise=True)(sweep)
+    except unreachable as e:
+        log('could not clean up volumes: %s' % e)
 
 
 def glance_api_cpu_s():
