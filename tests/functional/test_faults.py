@@ -302,7 +302,7 @@ def test_cinder_fault_during_get(faulty, proxy, cinder, stored, method,
     heal.Healer(faulty).reconcile(faulty.volumes())
     assert not cinder.volumes.get(vol.id).attachments
     assert not faulty.attachments.records.volume_ids()
-    assert not [d for d in fx.loop_devices() if vol.id in _backing(d)]
+    assert not fx.loops_of(vol.id)
 
 
 @unsettled
@@ -357,7 +357,7 @@ def test_simulated_reboot_makes_earlier_records_stale(tmp_path, cinder,
     print('\nreboot: healed in %.1fs' % (time.time() - started))
     reading.close()         # the "previous boot's" reader goes away
     assert not cinder.volumes.get(vol.id).attachments
-    assert not [d for d in fx.loop_devices() if vol.id in _backing(d)]
+    assert not fx.loops_of(vol.id)
 
 
 @unsettled
