@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -119,13 +118,17 @@ class GlanceApi:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log,
                                          start_new_session=True, cwd='/')
-        deadline = time.time() + timeout
-        while not self._answers():
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError('glance-api %s did not start (see %s)'
-                                   % (self.name, self.log))
-            time.sleep(0.3)
+
+        def up_or_dead():
+            return self._answers() or self.proc.poll() is not None
+        try:
+            fx.wait_for(up_or_dead, timeout, 0.3, 'glance-api %s' % self.name)
+        except fx.common.TimedOut:
+            pass
+        if not self._answers():
+            self.stop()
+            raise RuntimeError('glance-api %s did not start (see %s)'
+                               % (self.name, self.log))
         return self
 
     def _answers(self):
@@ -151,9 +154,8 @@ class GlanceApi:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 pass
-            deadline = time.time() + 15
-            while _group_alive(pgid) and time.time() < deadline:
-                time.sleep(0.2)
+            with contextlib.suppress(fx.common.TimedOut):
+                fx.wait_for(lambda: not _group_alive(pgid), 15, 0.2)
             if _group_alive(pgid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGKILL)
