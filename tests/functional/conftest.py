@@ -6,6 +6,7 @@ GCS_PASSWORD for the users glance, demo and other, and GCS_CINDER_LOG for
 the cinder-volume log the clone checks read.
 """
 
+import glob
 import os
 import sys
 import uuid
@@ -69,6 +70,13 @@ def loops_of(volume_id):
     return [device for device, backing in
             common.loop_devices(under=AIO_ROOT).items()
             if volume_id in backing]
+
+
+def read_volume(volume_id, length):
+    """A volume's first bytes, read from the loop backend's file."""
+    (path,) = glob.glob(os.path.join(common.LOOP_DIR, '*%s*' % volume_id))
+    with open(path, 'rb') as f:
+        return f.read(length)
 
 
 def all_volumes(cinder):

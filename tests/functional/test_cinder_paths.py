@@ -28,14 +28,6 @@ def gold_image(glance, cinder):
         what='source image volume deleted')
 
 
-def _read_volume(cinder, vol, length):
-    """Read a volume's first bytes through the loop backend's file."""
-    import glob
-    (path,) = glob.glob('%s/data/cinder/loop/*%s*' % (fx.AIO_ROOT, vol.id))
-    with open(path, 'rb') as f:
-        return f.read(length)
-
-
 def upload_volume(cinder, glance, vol, timeout=300):
     """Cinder's upload-to-image; returns the new image once active."""
     name = 'gcs-func-%s' % uuid.uuid4().hex[:8]
@@ -69,7 +61,7 @@ def test_volume_from_image_is_a_clone(gold_image, cinder, volumes, user):
     log = fx.log_since(mark)
     assert 'Will clone a volume from the image volume %s' % src.id in log
     assert vol.bootable == 'true'
-    assert _read_volume(cinder, vol, len(data)) == data
+    assert fx.read_volume(vol.id, len(data)) == data
 
 
 def test_upload_to_image_by_clone_lands_in_store_of_volume_type(
