@@ -43,7 +43,7 @@ pytestmark = pytest.mark.skipif(
 def rbd_images():
     """RBD images of live volumes.
 
-    Not Cinder's silent references: its RBD driver (2025.x) renames a
+    Not Cinder's silent references: its RBD driver (29.0) renames a
     deleted volume that ever had a copy-on-write clone to
     ``volume-<id>.deleted`` and keeps it with the clone's snapshot, also
     after the clone is gone (deleting a clone does not clean up its
