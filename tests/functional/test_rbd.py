@@ -72,8 +72,14 @@ def lock_path(tmp_path_factory):
     volumes with shared targets (Cinder's RBD volumes have them) with an
     external lock, and the built-in driver locks detaches.
     """
-    from oslo_concurrency import lockutils
-    lockutils.set_defaults(lock_path=str(tmp_path_factory.mktemp('locks')))
+    from oslo_concurrency import lockutils  # noqa: F401 (registers it)
+    from oslo_config import cfg
+    # an override, not lockutils.set_defaults: oslo.config caches a value
+    # read earlier in the session, and set_defaults does not clear it
+    cfg.CONF.set_override('lock_path', str(tmp_path_factory.mktemp('locks')),
+                          group='oslo_concurrency')
+    yield
+    cfg.CONF.clear_override('lock_path', group='oslo_concurrency')
 
 
 @pytest.fixture(scope='module', autouse=True)
