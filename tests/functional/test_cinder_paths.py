@@ -67,7 +67,8 @@ def test_volume_from_image_is_a_clone(gold_image, cinder, volumes, user):
 def test_upload_to_image_by_clone_lands_in_store_of_volume_type(
         gold_image, glance, cinder, volumes, service):
     image, data = gold_image
-    vol = volumes(size=1, imageRef=image.id, volume_type='glance-silver',
+    vol = volumes(size=1, imageRef=image.id,
+                  volume_type=fx.TYPES[fx.names.SILVER],
                   name='gcs-func-up-clone')
     vol = fx.wait_volume(cinder, vol.id)
     mark = fx.log_mark()
@@ -81,7 +82,7 @@ def test_upload_to_image_by_clone_lands_in_store_of_volume_type(
         clone_id = url.rsplit('/', 1)[1]
         assert clone_id != vol.id
         clone = cinder.volumes.get(clone_id)
-        assert clone.volume_type == 'glance-silver'
+        assert clone.volume_type == fx.TYPES[fx.names.SILVER]
         assert clone.metadata.get('image_owner')
         assert 'Failed to clone' not in fx.log_since(mark)
         # the image reads back through our store (Glance hashed it so)
@@ -94,15 +95,15 @@ def test_upload_to_image_by_clone_lands_in_store_of_volume_type(
 def test_data_upload_lands_in_store_named_by_volume_type(
         gold_image, glance, cinder, volumes, service):
     image, data = gold_image
-    vol = volumes(size=1, imageRef=image.id, volume_type='glance-to-silver',
-                  name='gcs-func-up-data')
+    vol = volumes(size=1, imageRef=image.id,
+                  volume_type=fx.names.TO_SILVER_TYPE, name='gcs-func-up-data')
     vol = fx.wait_volume(cinder, vol.id)
     new = upload_volume(cinder, glance, vol)
     new_id = new.id
     try:
         assert new.stores == 'silver'
         written = fx.image_volume(cinder, new_id)   # made by our add()
-        assert written.volume_type == 'glance-silver'
+        assert written.volume_type == fx.TYPES[fx.names.SILVER]
         assert written.metadata['image_size'] == str(1024 ** 3)
         first = pattern(3 * MiB + 5, 11)
         body = b''.join(glance.images.data(new_id))

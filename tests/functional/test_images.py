@@ -63,7 +63,7 @@ def test_upload_download_delete_known_size(glance, cinder, images, admin,
     assert image.stores == 'gold'
 
     vol = fx.image_volume(cinder, image.id)
-    assert vol.volume_type == 'glance-gold'
+    assert vol.volume_type == fx.TYPES[fx.names.GOLD]
     assert vol.size == 1
     assert vol.metadata['glance_image_id'] == image.id
     assert vol.metadata['image_size'] == str(len(data))
