@@ -4,12 +4,20 @@
 """Cinder volume driver for the all-in-one test cloud: files + loop devices.
 
 Each volume is a sparse file ``<loop_data_dir>/volume-<id>``; snapshots are
-sparse copies ``snapshot-<id>`` beside them.  A volume is exposed on this host
-as a loop device bound when a connection is initialised and returned as
+sparse copies ``snapshot-<id>`` beside them.  A volume is exposed as a loop
+device bound when a connection is initialised and returned as
 ``{'driver_volume_type': 'local', 'data': {'device_path': '/dev/loopN'}}``
-(os-brick's LOCAL connector).  All connections of a volume share one loop
-device; it is detached when the last connection is terminated (multiattach),
-and every loop device of a file is detached before the file is deleted.
+(os-brick's LOCAL connector).
+
+Each connector host gets a loop device of its own, the way a real backend
+gives each host its own path to the LUN: the device is bound to a hard link
+``<loop_data_dir>/hosts/<host>/volume-<id>`` of the volume file (same inode,
+same bytes), so ``losetup`` itself says which host a device belongs to and
+nothing is lost when cinder-volume restarts.  Connections from one host
+share its device (glance and nova on one host); it is detached, and the link
+removed, when that host's last connection is terminated, so a detach on one
+host never pulls the device from under another.  Every device of a volume is
+resized on extend and detached before the file is deleted.
 
 For tests only: cinder-volume runs as root here, so losetup/cp are run
 directly, without rootwrap.  Enable with (in the backend section)::
@@ -59,7 +67,7 @@ class LoopDriver(driver.VolumeDriver):
         self.backend_name = (
             self.configuration.safe_get('volume_backend_name') or 'loop')
         self.data_dir = None
-        # volume id -> number of live connections on the shared loop device
+        # (volume id, host) -> live connections on that host's loop device
         self._refs = collections.Counter()
 
     @staticmethod
@@ -86,17 +94,41 @@ class LoopDriver(driver.VolumeDriver):
     def _snap_path(self, snapshot):
         return os.path.join(self.data_dir, snapshot.name)
 
-    @staticmethod
-    def _devices(path):
-        """Loop devices currently bound to ``path``."""
-        out = _run('losetup', '--list', '--noheadings', '--output', 'NAME',
-                   '--associated', path)
-        return out.split()
+    def _host_path(self, volume, host):
+        """The hard link of the volume file that ``host``'s device uses."""
+        safe = (host or 'unknown').replace('/', '_').lstrip('.') or 'unknown'
+        return os.path.join(self.data_dir, 'hosts', safe, volume.name)
 
-    def _detach_all(self, path):
-        for dev in self._devices(path):
-            LOG.info('Detaching %s from %s', dev, path)
-            _run('losetup', '--detach', dev)
+    @staticmethod
+    def _bound(path):
+        """(device, backing file) of every loop device on ``path``'s inode."""
+        out = _run('losetup', '--list', '--noheadings', '--output',
+                   'NAME,BACK-FILE', '--associated', path)
+        return [tuple(line.split(None, 1)) for line in out.splitlines()
+                if line.strip()]
+
+    def _devices(self, path):
+        """Loop devices of the volume file, whichever host's link they use."""
+        return [dev for dev, _ in self._bound(path)]
+
+    def _detach(self, dev, backing):
+        LOG.info('Detaching %s from %s', dev, backing)
+        _run('losetup', '--detach', dev)
+
+    def _detach_all(self, volume):
+        path = self.local_path(volume)
+        for dev, backing in self._bound(path):
+            self._detach(dev, backing)
+        hosts = os.path.join(self.data_dir, 'hosts')
+        for host in os.listdir(hosts) if os.path.isdir(hosts) else ():
+            self._unlink(os.path.join(hosts, host, volume.name))
+
+    @staticmethod
+    def _unlink(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     @staticmethod
     def _copy(src, dst, size_gb):
@@ -115,17 +147,19 @@ class LoopDriver(driver.VolumeDriver):
     def delete_volume(self, volume):
         path = self.local_path(volume)
         with lockutils.lock('loop-%s' % volume.id):
-            self._refs.pop(volume.id, None)
+            for key in [k for k in self._refs if k[0] == volume.id]:
+                del self._refs[key]
             if os.path.exists(path):
-                self._detach_all(path)
+                self._detach_all(volume)
                 os.unlink(path)
 
     def extend_volume(self, volume, new_size):
-        """Grow the file; online too: refresh the size of bound devices."""
+        """Grow the file; online too: every host's device sees the size."""
         path = self.local_path(volume)
-        os.truncate(path, new_size * units.Gi)
-        for dev in self._devices(path):
-            _run('losetup', '--set-capacity', dev)
+        with lockutils.lock('loop-%s' % volume.id):
+            os.truncate(path, new_size * units.Gi)
+            for dev in self._devices(path):
+                _run('losetup', '--set-capacity', dev)
 
     def create_cloned_volume(self, volume, src_vref):
         self._copy(self.local_path(src_vref), self.local_path(volume),
@@ -160,34 +194,66 @@ class LoopDriver(driver.VolumeDriver):
     def remove_export(self, context, volume):
         pass
 
+    @staticmethod
+    def _host(connector):
+        return (connector or {}).get('host') or 'unknown'
+
+    def _host_connections(self, volume, host):
+        """Connections of ``host`` per Cinder's attachment records.
+
+        Only used when this process has no count (cinder-volume restarted
+        while devices stayed bound).
+        """
+        return sum(1 for a in volume.volume_attachment or ()
+                   if a.connector and self._host(a.connector) == host)
+
     def initialize_connection(self, volume, connector, **kwargs):
-        path = self.local_path(volume)
+        """This host's loop device on the volume (bound on first use)."""
+        host = self._host(connector)
+        link = self._host_path(volume, host)
         with lockutils.lock('loop-%s' % volume.id):
-            devices = self._devices(path)
-            if devices:
-                device = devices[0]
-            else:
+            device = next((dev for dev, backing in
+                           self._bound(self.local_path(volume))
+                           if backing == link), None)
+            if device is None:
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                self._unlink(link)
+                os.link(self.local_path(volume), link)
                 cmd = ['losetup', '--find', '--show']
                 if self.configuration.loop_direct_io:
                     cmd.append('--direct-io=on')
-                device = _run(*cmd, path)
-            self._refs[volume.id] += 1
-            LOG.info('Volume %s on %s (%d connection(s))',
-                     volume.id, device, self._refs[volume.id])
+                device = _run(*cmd, link)
+            elif (volume.id, host) not in self._refs:
+                self._refs[volume.id, host] = self._host_connections(
+                    volume, host)
+            self._refs[volume.id, host] += 1
+            LOG.info('Volume %s on %s for host %s (%d connection(s))',
+                     volume.id, device, host, self._refs[volume.id, host])
         return {'driver_volume_type': 'local',
                 'data': {'device_path': device}}
 
     def terminate_connection(self, volume, connector, **kwargs):
-        """Detach the loop device when its last connection goes.
+        """Detach the host's loop device when its last connection goes.
 
-        Returns True (shared connection) while other connections remain.
+        Other hosts' devices stay.  Returns True (shared connection) while
+        other connections of the same host remain.
         """
+        host = self._host(connector)
+        link = self._host_path(volume, host)
+        key = (volume.id, host)
         with lockutils.lock('loop-%s' % volume.id):
-            self._refs[volume.id] -= 1
-            if self._refs[volume.id] > 0:
+            if key not in self._refs:
+                self._refs[key] = self._host_connections(volume, host)
+            self._refs[key] -= 1
+            if self._refs[key] > 0:
                 return True
-            self._refs.pop(volume.id, None)
-            self._detach_all(self.local_path(volume))
+            self._refs.pop(key, None)
+            path = self.local_path(volume)
+            if os.path.exists(path):
+                for dev, backing in self._bound(path):
+                    if backing == link:
+                        self._detach(dev, backing)
+            self._unlink(link)
         return False
 
     # -- stats ----------------------------------------------------------------
