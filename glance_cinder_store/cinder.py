@@ -399,8 +399,19 @@ class Volumes:
                 not getattr(a, 'instance', None)]
             return {'id': found[0].id} if len(found) == 1 else None
 
-        with translated_errors('reserving volume %s' % volume_id):
-            return self._create_once(create, lookup)
+        try:
+            with translated_errors('reserving volume %s' % volume_id):
+                return self._create_once(create, lookup)
+        except exceptions.BackendException as e:
+            if 'current status is in-use' not in str(e):
+                raise
+            # Attached elsewhere (another glance-api host, or nova) and
+            # the volume type does not allow a second attachment.
+            raise exceptions.BackendException(
+                'volume %s is attached elsewhere and its volume type is not '
+                'multiattach; still in use after %d attempts. Readers on '
+                'several hosts need multiattach="<is> True" on the store\'s '
+                'volume type (%s)' % (volume_id, self.attach_retries + 1, e))
 
     def request_release(self, volume_id):
         """Ask other hosts to let go of their idle attachments of a volume.

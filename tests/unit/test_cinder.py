@@ -288,3 +288,15 @@ def test_polls_fast_for_the_first_second():
     waits = [cinder._poll_wait(s) for s in states]
     assert waits[:3] == [0.05, 0.05, 0.05]
     assert 0.05 < waits[3] < waits[4] == 2.0
+
+
+def test_attachment_create_names_multiattach_when_in_use_elsewhere():
+    client = mock.Mock()
+    client.attachments.create.side_effect = cinder_exc.BadRequest(
+        400, 'Invalid volume: Volume v status must be available or '
+        'downloading to reserve, but the current status is in-use.')
+    volumes = cinder.Volumes(client, 1, attach_retries=1)
+    with mock.patch('time.sleep'):
+        with pytest.raises(exceptions.BackendException,
+                           match='not multiattach.*2 attempts'):
+            volumes.attachment_create('v', 'ro')

@@ -51,6 +51,8 @@ if os.environ.get('AIO_CEPH', '1') == '1':
     VOLUME_TYPES.update({
         name: dict(IMAGE_TYPE_SPECS, volume_backend_name=names.CEPH_BACKEND)
         for name in names.CEPH_TYPES.values()})
+# one host at a time (tests/functional/test_multihost.py)
+VOLUME_TYPES[names.SINGLE_TYPE] = {'volume_backend_name': BACKEND}
 # created once glance answers: cinder validates the store id against glance
 STORE_VOLUME_TYPES = {
     names.TO_SILVER_TYPE: {'volume_backend_name': BACKEND,

@@ -37,3 +37,7 @@ CEPH_TYPES = {
 #: A type that is none of the stores' own, but tells Cinder (by
 #: ``image_service:store_id``) to upload volumes of it to store silver.
 TO_SILVER_TYPE = 'glance-to-silver'
+#: A store of our driver whose volume type is NOT multiattach: one host
+#: at a time (tests/functional/test_multihost.py).
+SINGLE = 'single'
+SINGLE_TYPE = 'glance-single'
