@@ -181,11 +181,16 @@ def device_of(cinder, attachment_id):
     return info['device_path']
 
 
-def assert_released(cinder, volume_id, timeout=60):
-    fx.wait_for(lambda: not attachments(cinder, volume_id), timeout,
-                what='attachments of %s gone' % volume_id)
-    fx.wait_for(lambda: not bound_loops(volume_id), 30,
-                what='loop devices of %s detached' % volume_id)
+def delete_and_check(glance, cinder, image_id, volume_id):
+    """Delete through ``glance``: the volume and every host's device go.
+
+    Idle (warm) attachments of either host are let go on the way.
+    """
+    t0 = time.time()
+    glance.images.delete(image_id)
+    fx.wait_gone(cinder, volume_id)
+    assert not bound_loops(volume_id)
+    return time.time() - t0
 
 
 def host2_workers():
@@ -212,7 +217,7 @@ def cleanup_tool(host):
 # -- readers on both hosts --------------------------------------------------
 
 def test_both_hosts_read_a_multiattach_volume_each_on_its_own_device(
-        image, admin, cinder, glance_url):
+        image, admin, cinder, glance_url, g2):
     img, vol, digest = image('gold')
     token = admin.get_token()
     r1 = Download(glance_url, token, img.id)
@@ -231,11 +236,12 @@ def test_both_hosts_read_a_multiattach_volume_each_on_its_own_device(
         r1.finish(), r2.finish()
     for r in (r1, r2):
         assert (r.status, r.error, r.digest) == (200, None, digest)
-    assert_released(cinder, vol.id)
+    print('delete on host 2, both hosts\' idle attachments let go: %.1fs'
+          % delete_and_check(g2, cinder, img.id, vol.id))
 
 
 def test_second_host_waits_for_a_volume_without_multiattach(
-        image, admin, cinder, glance_url):
+        image, admin, cinder, glance_url, g1):
     """Store 'single' (type glance-single, no multiattach): one at a time.
 
     Host 2 waits (attachment_create retried, ~6 s in all) for host 1's
@@ -255,11 +261,11 @@ def test_second_host_waits_for_a_volume_without_multiattach(
           '%.1fs' % (r2.t_first - r2.t0, r2.seconds))
     assert (r1.status, r1.error, r1.digest) == (200, None, digest)
     assert (r2.status, r2.error, r2.digest) == (200, None, digest)
-    assert_released(cinder, vol.id)
+    delete_and_check(g1, cinder, img.id, vol.id)
 
 
 def test_second_host_gives_up_when_the_first_keeps_the_volume(
-        image, admin, cinder, glance_url):
+        image, admin, cinder, glance_url, g1):
     img, vol, digest = image('single')
     token = admin.get_token()
     r1 = Download(glance_url, token, img.id)
@@ -275,13 +281,13 @@ def test_second_host_gives_up_when_the_first_keeps_the_volume(
     finally:
         r1.finish()
     assert (r1.status, r1.error, r1.digest) == (200, None, digest)
-    assert_released(cinder, vol.id)
+    delete_and_check(g1, cinder, img.id, vol.id)
 
 
 # -- upload and delete beside a reader on the other host --------------------
 
-def test_upload_on_one_host_while_the_other_reads(image, admin, cinder, g2,
-                                                  images, glance_url):
+def test_upload_on_one_host_while_the_other_reads(image, admin, cinder, g1,
+                                                  g2, images, glance_url):
     img, vol, digest = image('gold')
     token = admin.get_token()
     r1 = Download(glance_url, token, img.id)
@@ -298,7 +304,8 @@ def test_upload_on_one_host_while_the_other_reads(image, admin, cinder, g2,
     assert (r1.status, r1.error, r1.digest) == (200, None, digest)
     body = b''.join(g2.images.data(new.id))
     assert sha(body) == sha(data)
-    assert_released(cinder, vol.id)
+    delete_and_check(g1, cinder, img.id, vol.id)
+    delete_and_check(g1, cinder, new.id, fx.image_volume(cinder, new.id).id)
 
 
 def test_delete_on_one_host_waits_for_a_reader_on_the_other(
@@ -332,7 +339,7 @@ def test_delete_on_one_host_waits_for_a_reader_on_the_other(
 
 
 def test_delete_gives_up_on_a_reader_of_the_other_host(image, admin,
-                                                       cinder, tmp_path):
+                                                       cinder, tmp_path, g1):
     """Bounded by cinder_state_transition_timeout (Glance: 409)."""
     img, vol, digest = image('gold')
     r2 = Download(URL2, admin.get_token(), img.id)
@@ -349,7 +356,7 @@ def test_delete_gives_up_on_a_reader_of_the_other_host(image, admin,
     finally:
         r2.finish()
     assert (r2.status, r2.error, r2.digest) == (200, None, digest)
-    assert_released(cinder, vol.id)
+    delete_and_check(g1, cinder, img.id, vol.id)
     assert cinder.volumes.get(vol.id).status == 'available'
 
 
@@ -445,9 +452,8 @@ def test_host_crash_leaves_the_other_host_unblocked_and_its_state_alone(
     assert not bound_loops(vol.id)
 
 
-def test_foreign_attachment_of_another_host_is_never_touched(image, admin,
-                                                             cinder,
-                                                             glance_url):
+def test_foreign_attachment_of_another_host_is_never_touched(
+        image, admin, cinder, glance_url, g1):
     img, vol, digest = image('gold')
     connector = {'host': 'compute-1', 'initiator': 'nova-like',
                  'mountpoint': '/dev/vdb', 'ip': '127.0.0.9',
@@ -466,14 +472,14 @@ def test_foreign_attachment_of_another_host_is_never_touched(image, admin,
         for host in (1, 2):
             out = cleanup_tool(host)
             assert nova['id'] not in out, out
-        atts = attachments(cinder, vol.id)
-        assert [a['attachment_id'] for a in atts] == [nova['id']]
-        assert list(bound_loops(vol.id)) == [device]
+        assert nova['id'] in [a['attachment_id']
+                              for a in attachments(cinder, vol.id)]
+        assert device in bound_loops(vol.id)
         with open(device, 'rb') as f:       # still usable by "nova"
             assert f.read(4096) == pattern(4096, 3)
     finally:
         cinder.attachments.delete(nova['id'])
-    assert_released(cinder, vol.id)
+    delete_and_check(g1, cinder, img.id, vol.id)
 
 
 # -- rolling upgrade: the built-in driver on host 2, ours on host 1 ---------
@@ -512,13 +518,8 @@ def test_rolling_upgrade_builtin_driver_beside_ours(image, admin, cinder,
     finally:
         hold.finish()
     assert (hold.status, hold.error, hold.digest) == (200, None, ours_sha)
-    assert_released(cinder, ours_vol.id)
-    assert_released(cinder, theirs_vol.id)
-    g2.images.delete(ours.id)           # the built-in driver deletes ours
-    g1.images.delete(theirs.id)         # ours deletes the built-in's
-    fx.wait_gone(cinder, ours_vol.id)
-    fx.wait_gone(cinder, theirs_vol.id)
-    assert not bound_loops(ours_vol.id) and not bound_loops(theirs_vol.id)
+    delete_and_check(g1, cinder, theirs.id, theirs_vol.id)   # ours deletes
+    delete_and_check(g2, cinder, ours.id, ours_vol.id)       # built-in too
 
 
 def test_hosts_have_their_own_identity():

@@ -94,7 +94,7 @@ host2_status() {  # one status line; fails only if host 2 runs but does not answ
         [ "$AIO_HOSTS" = 1 ]
         return
     fi
-    code=$(PYTHONPATH="$TOOLS/aio_lib" "$PY" -c 'import sys, cloud
+    code=$(PYTHONPATH="$TOOLS" "$PY" -c 'import sys; from aio_lib import cloud
 print(cloud.session().get(sys.argv[1], raise_exc=False).status_code)' \
         "$(host2_url)/v2/images?limit=1" 2>/dev/null) || code=""
     if [ "$code" = 200 ]; then
