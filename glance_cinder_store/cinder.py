@@ -55,6 +55,10 @@ def translated_errors(what):
             '%s failed: cannot reach Cinder or Keystone (%s)' % (what, e))
 
 
+class VolumeBusyElsewhere(exceptions.RemoteServiceUnavailable):
+    """Held by another host and not multiattach: try again later."""
+
+
 class VolumeFailed(exceptions.BackendException):
     """A volume went to an error state, or never reached the one awaited."""
 
@@ -406,12 +410,13 @@ class Volumes:
             if 'current status is in-use' not in str(e):
                 raise
             # Attached elsewhere (another glance-api host, or nova) and
-            # the volume type does not allow a second attachment.
-            raise exceptions.BackendException(
+            # the volume type does not allow a second attachment: busy, not
+            # broken (Glance answers a download with 503).
+            raise VolumeBusyElsewhere(message=(
                 'volume %s is attached elsewhere and its volume type is not '
                 'multiattach; still in use after %d attempts. Readers on '
                 'several hosts need multiattach="<is> True" on the store\'s '
-                'volume type (%s)' % (volume_id, self.attach_retries + 1, e))
+                'volume type (%s)' % (volume_id, self.attach_retries + 1, e)))
 
     def request_release(self, volume_id):
         """Ask other hosts to let go of their idle attachments of a volume.

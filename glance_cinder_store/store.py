@@ -275,13 +275,21 @@ class CinderStore(glance_store.driver.Store):
         return self.attachments.warm.volume(volume_id)
 
     def _read(self, volumes, volume, offset, length):
+        """Attach now, read as the caller iterates.
+
+        Attaching before get() returns lets Glance answer a failure (the
+        volume is held by another host and cannot be attached twice, say)
+        with an error status instead of a 200 and a truncated body.
+        """
         if length == 0:
-            return
-        with self.attachments.attach(volumes, volume, 'ro') as attached:
-            yield from transfer.read_range(
-                attached.target, offset, length,
-                chunk_size=self.store_conf.cinder_plus_io_chunk_size,
-                queue_depth=self.store_conf.cinder_plus_io_queue_depth)
+            return iter(())
+        holding = contextlib.ExitStack()
+        attached = holding.enter_context(
+            self.attachments.attach(volumes, volume, 'ro'))
+        return _Reading(holding, transfer.read_range(
+            attached.target, offset, length,
+            chunk_size=self.store_conf.cinder_plus_io_chunk_size,
+            queue_depth=self.store_conf.cinder_plus_io_queue_depth))
 
     def _check_image_volume(self, volume, location):
         """Refuse a volume that is not an image volume of this store.
@@ -414,6 +422,39 @@ def _check_device(target, volume, image_size):
         raise exceptions.StorageFull(
             'volume %s (%d bytes) is smaller than the image (%d bytes)'
             % (volume.id, size, image_size))
+
+
+class _Reading:
+    """The chunks of a read whose attachment is already held.
+
+    The attachment is released when the chunks run out, fail, or are
+    closed (Glance closes a download the client abandoned) or dropped.
+    """
+
+    def __init__(self, holding, chunks):
+        self._holding = holding
+        self._chunks = chunks
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        holding, self._holding = self._holding, None
+        if holding is not None:
+            try:
+                self._chunks.close()
+            finally:
+                holding.close()
+
+    def __del__(self):
+        self.close()
 
 
 def _in_background(fn, *args):

@@ -297,6 +297,6 @@ def test_attachment_create_names_multiattach_when_in_use_elsewhere():
         'downloading to reserve, but the current status is in-use.')
     volumes = cinder.Volumes(client, 1, attach_retries=1)
     with mock.patch('time.sleep'):
-        with pytest.raises(exceptions.BackendException,
+        with pytest.raises(cinder.VolumeBusyElsewhere,
                            match='not multiattach.*2 attempts'):
             volumes.attachment_create('v', 'ro')

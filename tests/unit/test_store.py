@@ -319,6 +319,26 @@ def test_get_closed_early_detaches(store, cinder, context):
     no_leaks(cinder)
 
 
+def test_get_fails_before_glance_answers_when_attach_fails(store, cinder,
+                                                          context):
+    """An attach failure is get()'s, not the body's (no 200, then EOF)."""
+    loc = _stored(store, context, data_of(MiB))
+    cinder.fail['attachment_create'] = exceptions.BackendException(
+        'volume is attached elsewhere and not multiattach')
+    with pytest.raises(exceptions.BackendException, match='multiattach'):
+        store.get(loc, context=context)
+    del cinder.fail['attachment_create']
+    no_leaks(cinder)
+
+
+def test_get_never_iterated_releases_when_dropped(store, cinder, context):
+    loc = _stored(store, context, data_of(MiB))
+    it, _ = store.get(loc, context=context)
+    assert cinder.attachments
+    del it
+    no_leaks(cinder)
+
+
 def test_get_without_image_size_uses_volume_size(store, cinder, context):
     loc = _stored(store, context, b'abc')
     (vol,) = cinder.volumes.values()
