@@ -319,8 +319,8 @@ def test_get_closed_early_detaches(store, cinder, context):
     no_leaks(cinder)
 
 
-def test_get_fails_before_glance_answers_when_attach_fails(store, cinder,
-                                                          context):
+def test_get_fails_before_glance_answers_when_attach_fails(
+        store, cinder, context):
     """An attach failure is get()'s, not the body's (no 200, then EOF)."""
     loc = _stored(store, context, data_of(MiB))
     cinder.fail['attachment_create'] = exceptions.BackendException(
