@@ -40,10 +40,11 @@ HOST1 = socket.gethostname()
 HOST2 = 'aio-host2'
 PIDFILE2 = os.path.join(fx.AIO_ROOT, 'run', 'glance-api-2.pid')
 BIN = os.path.join(fx.AIO_ROOT, 'venv', 'bin')
+AIO = fx.common.AIO
 
 
 def host2_url():
-    out = subprocess.run([fx.AIO, 'env', '--host', '2'], capture_output=True,
+    out = subprocess.run([AIO, 'env', '--host', '2'], capture_output=True,
                          text=True, check=True).stdout
     return shlex.split(re.search(r'export OS_IMAGE_URL=(.*)', out)[1])[0]
 
@@ -63,7 +64,7 @@ def restart_host2(driver=None):
     env = dict(os.environ)
     if driver:
         env['AIO_HOST2_DRIVER'] = driver
-    subprocess.run([fx.AIO, 'restart', 'glance-api-2'], check=True,
+    subprocess.run([AIO, 'restart', 'glance-api-2'], check=True,
                    env=env, capture_output=True)
 
 
@@ -233,7 +234,7 @@ def cleanup_tool(host, extra_conf):
            'glance-cinder-store-cleanup'), '--config-file', fx.GLANCE_CONF,
            '--config-file', extra_conf]
     if host == 2:
-        cmd = [fx.AIO, 'host2'] + cmd
+        cmd = [AIO, 'host2'] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          cwd='/')
     assert out.returncode == 0, out.stdout + out.stderr
@@ -560,9 +561,9 @@ def test_rolling_upgrade_builtin_driver_beside_ours(image, admin, cinder,
 
 def test_hosts_have_their_own_identity():
     """What makes host 2 a host: its name, seen by the tools run there."""
-    out = subprocess.run([fx.AIO, 'host2', 'hostname'], capture_output=True,
+    out = subprocess.run([AIO, 'host2', 'hostname'], capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == HOST2 != HOST1
-    status = subprocess.run([fx.AIO, 'status'], capture_output=True,
+    status = subprocess.run([AIO, 'status'], capture_output=True,
                             text=True).stdout
     assert re.search(r'glance-api-2 .* ok .*%s' % HOST2, status), status
