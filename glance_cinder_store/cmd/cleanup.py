@@ -18,7 +18,6 @@ reported), 2 on a usage or configuration error or when run as root.
 """
 
 import dataclasses
-import os
 import sys
 
 from oslo_config import cfg
@@ -115,13 +114,8 @@ def body(conf, stores):
 
 
 def main(argv=None):
-    if os.geteuid() == 0:
-        print('%s must not run as root: run it as the glance-api user '
-              '(e.g. sudo -u glance ...), whose state folder and privileges '
-              'it shares' % PROG, file=sys.stderr)
-        return tool.EXIT_USAGE
     return tool.run(body, argv, PROG, __doc__.splitlines()[0], EPILOG,
-                    CLI_OPTS)
+                    CLI_OPTS, as_root=False)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ documented exit status (see the package docstring).
 
 import json
 import logging
+import os
 import sys
 
 from glance_store import exceptions
@@ -110,13 +111,18 @@ def emit(conf, document, lines):
     sys.stdout.flush()
 
 
-def run(body, argv, prog, description, epilog, cli_opts=()):
+def run(body, argv, prog, description, epilog, cli_opts=(), as_root=True):
     """Run one tool; returns its exit status."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         conf = parse(argv, prog, description, epilog, cli_opts)
     except cfg.Error as e:
         print('%s: %s' % (prog, e), file=sys.stderr)
+        return EXIT_USAGE
+    if not as_root and os.geteuid() == 0:
+        print('%s must not run as root: run it as the glance-api user '
+              '(e.g. sudo -u glance ...), whose state folder and privileges '
+              'it shares' % prog, file=sys.stderr)
         return EXIT_USAGE
     setup_logging(argv, cli_opts, prog)
     try:
