@@ -119,6 +119,10 @@ def run(body, argv, prog, description, epilog, cli_opts=(), as_root=True):
     except cfg.Error as e:
         print('%s: %s' % (prog, e), file=sys.stderr)
         return EXIT_USAGE
+    except SystemExit as e:
+        if e.code in (0, None):     # --help
+            raise
+        return EXIT_USAGE           # argparse/oslo.config said why
     if not as_root and os.geteuid() == 0:
         print('%s must not run as root: run it as the glance-api user '
               '(e.g. sudo -u glance ...), whose state folder and privileges '

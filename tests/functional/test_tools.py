@@ -151,8 +151,10 @@ def test_cleanup_judges_uploads_by_process_never_by_age(cinder):
         assert far.id not in real.stdout, real.stdout
         real = run('glance-cinder-store-cleanup', '--stale-after', '600',
                    user='glance')
-        assert real.returncode == 0, real.stdout + real.stderr
-        assert 'volume %s: delete volume' % far.id in real.stdout
+        # (0, or 1 if the shared cloud has leftovers it cannot undo yet)
+        assert real.returncode in (0, 1), real.stdout + real.stderr
+        assert [line for line in real.stdout.splitlines()
+                if far.id in line and line.endswith(': deleted')], real.stdout
         fx.wait_gone(cinder, far.id)
         # a live upload, however old, is never deleted
         assert cinder.volumes.get(live.id).status == 'available'

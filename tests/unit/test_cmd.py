@@ -159,9 +159,12 @@ def test_configuration_errors_exit_2(tmp_path, capsys):
     other = tmp_path / 'other.conf'
     other.write_text('[DEFAULT]\nenabled_backends = files:file\n')
     assert check.main(['--config-file', str(other)]) == 2
+    assert check.main(['--config-file', str(other), '--no-such-option']) == 2
+    assert check.main(['--config-file', str(other), '--format', 'yaml']) == 2
+    assert 'yaml' in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        check.main(['--no-such-option'])
-    assert e.value.code == 2
+        check.main(['--help'])
+    assert e.value.code == 0
 
 
 def test_tools_log_where_their_command_line_says(glance_conf, tmp_path):
