@@ -141,15 +141,7 @@ def wait_volume(cinder, volume_id, status='available', timeout=120):
 
 
 def wait_gone(cinder, volume_id, timeout=120):
-    from cinderclient import exceptions
-
-    def gone():
-        try:
-            cinder.volumes.get(volume_id)
-        except exceptions.NotFound:
-            return True
-        return False
-    wait_for(gone, timeout, what='volume %s deleted' % volume_id)
+    common.wait_volume_gone(cinder, volume_id, timeout)
 
 
 @pytest.fixture

@@ -89,3 +89,16 @@ def wait_for(predicate, timeout=120, interval=0.5, what='condition'):
         wait=tenacity.wait_fixed(interval),
         stop=tenacity.stop_after_delay(timeout),
         retry_error_callback=timed_out)(predicate)
+
+
+def wait_volume_gone(cinder, volume_id, timeout=120, interval=0.5):
+    """Wait until Cinder no longer knows ``volume_id`` (deleted)."""
+    from cinderclient import exceptions
+
+    def gone():
+        try:
+            cinder.volumes.get(volume_id)
+        except exceptions.NotFound:
+            return True
+        return False
+    return wait_for(gone, timeout, interval, 'volume %s deleted' % volume_id)

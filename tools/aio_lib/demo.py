@@ -103,17 +103,8 @@ def wait_for(what, get, done, fail=(), timeout=300, every=0.5):
 
 
 def wait_volume_gone(cinder, volume_id, timeout=120):
-    from cinderclient import exceptions
-
-    def gone():
-        try:
-            cinder.volumes.get(volume_id)
-        except exceptions.NotFound:
-            return True
-        return False
     try:
-        return common.wait_for(gone, timeout, what='volume %s deleted'
-                               % volume_id)
+        return common.wait_volume_gone(cinder, volume_id, timeout)
     except common.TimedOut:
         return False
 

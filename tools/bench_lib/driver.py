@@ -259,18 +259,10 @@ class Bench:
                 'mbps': common.rate(n, dt)}
 
     def delete(self, loc):
-        from cinderclient import exceptions as cexc
         vol_id = loc.store_location.volume_id
         t = time.monotonic()
         self.store.delete(loc, context=self.ctx)
-
-        def gone():
-            try:
-                self.cinder.volumes.get(vol_id)
-            except cexc.NotFound:
-                return True
-            return False
-        aio_common.wait_for(gone, 300, 0.2, 'volume %s deleted' % vol_id)
+        aio_common.wait_volume_gone(self.cinder, vol_id, 300, 0.2)
         return time.monotonic() - t
 
     def extend_cost(self, extends=3):
