@@ -34,6 +34,7 @@ GiB = 1024 * MiB
 SIZE = 24 * MiB + 4097
 #: what an operator's glance host has: /etc/ceph and the client.cinder key
 RBD = ['rbd', '--id', 'cinder', '--pool', 'volumes']
+CEPH_TYPE = fx.names.CEPH_TYPES[fx.names.CEPH]
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists('/etc/ceph/ceph.client.cinder.keyring'),
@@ -120,7 +121,7 @@ def test_rbd_upload_download_ranges_checksums(ceph_image, admin, glance_url,
     assert image.size == len(data)
     assert image.checksum == hashlib.md5(data).hexdigest()
     assert image.os_hash_value == hashlib.sha512(data).hexdigest()
-    assert vol.volume_type == 'glance-ceph'
+    assert vol.volume_type == CEPH_TYPE
     assert vol.metadata['image_size'] == str(len(data))
     assert 'volume-%s' % vol.id in rbd_images()
     assert not vol.attachments
@@ -160,7 +161,7 @@ def test_rbd_unknown_size_grows_the_image_online(glance, cinder, images,
     image = glance.images.get(image.id)
     assert image.size == size and image.os_hash_value == sha.hexdigest()
     vol = fx.image_volume(cinder, image.id)
-    assert vol.size == 2 and vol.volume_type == 'glance-ceph'
+    assert vol.size == 2 and vol.volume_type == CEPH_TYPE
     resp = admin.get('%s/v2/images/%s/file' % (glance_url, image.id),
                      stream=True)
     got = hashlib.sha512()
@@ -258,7 +259,7 @@ def test_rbd_builtin_driver_images_read_by_ours(glance, cinder, images,
     glance.images.upload(image.id, io.BytesIO(data), image_size=len(data),
                          backend='builtin-ceph')
     vol = fx.image_volume(cinder, image.id)
-    assert vol.volume_type == 'glance-builtin-ceph'
+    assert vol.volume_type == fx.names.CEPH_TYPES[fx.names.BUILTIN_CEPH]
     ours = test_driver.make_store(tmp_path / 'state', backend='builtin-ceph')
     loc = gs_location.get_location_from_uri_and_backend(
         'cinder://builtin-ceph/%s' % vol.id, 'builtin-ceph', conf=ours.conf)
@@ -290,7 +291,7 @@ def test_rbd_volume_from_image_is_a_copy_on_write_clone(ceph_image, cinder,
                                                         volumes):
     image, src, data = ceph_image
     mark = fx.log_mark()
-    vol = volumes(size=1, imageRef=image.id, volume_type='glance-ceph',
+    vol = volumes(size=1, imageRef=image.id, volume_type=CEPH_TYPE,
                   name='gcs-func-rbd-clone')
     vol = fx.wait_volume(cinder, vol.id)
     assert ('Will clone a volume from the image volume %s' % src.id
@@ -305,7 +306,7 @@ def test_rbd_volume_from_image_is_a_copy_on_write_clone(ceph_image, cinder,
 def test_rbd_upload_to_image_by_clone_lands_in_the_ceph_store(
         ceph_image, glance, cinder, volumes, service, admin, glance_url):
     image, src, data = ceph_image
-    vol = volumes(size=1, imageRef=image.id, volume_type='glance-ceph',
+    vol = volumes(size=1, imageRef=image.id, volume_type=CEPH_TYPE,
                   name='gcs-func-rbd-up')
     vol = fx.wait_volume(cinder, vol.id)
     mark = fx.log_mark()
@@ -316,7 +317,7 @@ def test_rbd_upload_to_image_by_clone_lands_in_the_ceph_store(
         assert url.startswith('cinder://ceph/')
         clone_id = url.rsplit('/', 1)[1]
         assert clone_id != vol.id
-        assert cinder.volumes.get(clone_id).volume_type == 'glance-ceph'
+        assert cinder.volumes.get(clone_id).volume_type == CEPH_TYPE
         assert 'parent: volumes/volume-%s@' % vol.id in rbd_info(clone_id)
         assert 'Failed to clone' not in fx.log_since(mark)
         head = admin.get('%s/v2/images/%s/file' % (glance_url, new.id),
