@@ -16,7 +16,6 @@ import importlib.util
 import io
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -44,9 +43,7 @@ AIO = fx.common.AIO
 
 
 def host2_url():
-    out = subprocess.run([AIO, 'env', '--host', '2'], capture_output=True,
-                         text=True, check=True).stdout
-    return shlex.split(re.search(r'export OS_IMAGE_URL=(.*)', out)[1])[0]
+    return fx.common.aio_env(host=2)['OS_IMAGE_URL']
 
 
 URL2 = host2_url()
@@ -175,10 +172,8 @@ def wait_hosts(cinder, volume_id, wanted, timeout=60):
 
 def bound_loops(volume_id):
     """{device: backing file} of the loop devices on the volume's file."""
-    out = subprocess.run(['losetup', '--list', '--noheadings', '--output',
-                          'NAME,BACK-FILE'], capture_output=True, text=True)
-    return dict(line.split(None, 1) for line in out.stdout.splitlines()
-                if volume_id in line)
+    return {device: backing for device, backing in
+            fx.common.loop_devices().items() if volume_id in backing}
 
 
 def device_of(cinder, attachment_id):

@@ -23,16 +23,17 @@ PROJECTS = {'admin': 'admin', 'demo': 'demo', 'other': 'other',
             'glance': 'service', 'cinder': 'service'}
 
 
-def aio_env(user='admin'):
-    """The cloud's OS_* settings for ``user``.
+def aio_env(user='admin', host=None):
+    """The cloud's OS_* settings for ``user`` (Glance of host ``host``).
 
     ``tools/aio env``'s, or with GCS_CLOUD=external the environment's (an
     admin's OS_* variables; GCS_PASSWORD for the other users).
     """
     if os.environ.get('GCS_CLOUD') == 'external':
         return dict(os.environ)
-    out = subprocess.run([AIO, 'env', user], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run([AIO, 'env', user] + (
+        ['--host', str(host)] if host else []),
+        capture_output=True, text=True, check=True).stdout
     env = {}
     for line in out.splitlines():
         m = re.match(r'export (\w+)=(.*)$', line)
