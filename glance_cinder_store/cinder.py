@@ -150,7 +150,7 @@ class CinderClientFactory:
         """A cinderclient client for the store's credentials or ``context``.
 
         ``idempotent=False``: for calls that must not be repeated blindly
-        (creates), 5xx answers are not retried.
+        (creates), neither 5xx answers nor lost connections are retried.
         """
         auth = None if self.uses_service_credentials else self._user_auth(
             context)
@@ -168,7 +168,9 @@ class CinderClientFactory:
             session=self.session(), auth=auth,
             region_name=self.conf.cinder_os_region_name,
             api_version=version, retries=retries,
-            connect_retries=retries,
+            # a reset connection may have carried the request: for creates
+            # only a lookup may decide to send it again
+            connect_retries=retries if idempotent else 0,
             status_code_retries=retries if idempotent else 0,
             retriable_status_codes=RETRIABLE_STATUS, **kwargs)
         self._check_server_version(client)

@@ -9,6 +9,7 @@ error), ``reset`` (close the connection without an answer) or ``delay:S``
 
 import http.client
 import http.server
+import json
 import re
 import socket
 import threading
@@ -89,13 +90,13 @@ class FaultProxy:
             req.connection.close()
             return
         if action in ('500', '503'):
-            return self._answer(req, int(action), b'{"error": "injected"}')
+            return self._answer(req, int(action), 'injected')
         if action and action.startswith('delay:'):
             time.sleep(float(action.split(':')[1]))
         status, headers, data = self._forward(req, body)
         if action in ('after-500', 'after-503'):
             return self._answer(req, int(action[6:]),
-                                b'{"error": "injected after the call"}')
+                                'injected after the call took effect')
         req.send_response(status)
         for key, value in headers:
             if key.lower() not in ('transfer-encoding', 'connection',
@@ -115,7 +116,10 @@ class FaultProxy:
         conn.close()
         return resp.status, resp.getheaders(), data
 
-    def _answer(self, req, status, data):
+    def _answer(self, req, status, message):
+        # the shape of an OpenStack API fault, as cinderclient parses it
+        data = json.dumps({'computeFault': {
+            'code': status, 'message': 'fault proxy: %s' % message}}).encode()
         req.send_response(status)
         req.send_header('Content-Type', 'application/json')
         req.send_header('Content-Length', str(len(data)))

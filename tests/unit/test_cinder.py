@@ -197,6 +197,7 @@ def test_volume_type_lookups_are_translated():
 def test_creates_are_not_retried_on_5xx_by_the_http_layer(conf, version):
     client = cinder.CinderClientFactory(conf).client(idempotent=False)
     assert client.client.status_code_retries == 0
+    assert client.client.connect_retries == 0
 
 
 class Found:
