@@ -111,6 +111,16 @@ def emit(conf, document, lines):
     sys.stdout.flush()
 
 
+def _share_lock_path(conf):
+    """Give os-brick glance-api's [oslo_concurrency] lock_path (global)."""
+    from oslo_concurrency import lockutils
+    from oslo_concurrency import opts
+    for group, options in opts.list_opts():
+        conf.register_opts(options, group)
+    if conf.oslo_concurrency.lock_path:
+        lockutils.set_defaults(conf.oslo_concurrency.lock_path)
+
+
 def run(body, argv, prog, description, epilog, cli_opts=(), as_root=True):
     """Run one tool; returns its exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -129,6 +139,7 @@ def run(body, argv, prog, description, epilog, cli_opts=(), as_root=True):
               'it shares' % prog, file=sys.stderr)
         return EXIT_USAGE
     setup_logging(argv, cli_opts, prog)
+    _share_lock_path(conf)
     try:
         stores = stores_mod.load(conf)
     except (cfg.Error, exceptions.BadStoreConfiguration) as e:
