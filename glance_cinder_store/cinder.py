@@ -239,11 +239,16 @@ class Volumes:
     #: attempts of a non-idempotent create whose answer was uncertain
     CREATE_ATTEMPTS = 3
 
-    def __init__(self, client, timeout, attach_retries=5, once=None):
+    def __init__(self, client, timeout, attach_retries=5, once=None,
+                 busy_min_wait=0.0):
         self.client = client
         self.once = once or client
         self.timeout = timeout
         self.attach_retries = attach_retries
+        # A host keeping the volume warm lets go only at its next check for
+        # release requests: retrying for less than that gives up on a
+        # volume that was about to be free.
+        self.busy_min_wait = busy_min_wait
 
     def _create_once(self, create, lookup):
         """``create()``; after an uncertain failure, ``lookup()`` decides.
@@ -385,7 +390,8 @@ class Volumes:
         retry = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_volume_busy),
             wait=tenacity.wait_exponential(multiplier=0.2, max=4),
-            stop=tenacity.stop_after_attempt(self.attach_retries + 1),
+            stop=(tenacity.stop_after_attempt(self.attach_retries + 1) &
+                  tenacity.stop_after_delay(self.busy_min_wait)),
             reraise=True)
 
         def create():

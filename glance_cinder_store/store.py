@@ -92,7 +92,8 @@ class CinderStore(glance_store.driver.Store):
             self.clients.client(context),
             conf.cinder_state_transition_timeout,
             conf.cinder_attachment_retry_attempts,
-            once=self.clients.client(context, idempotent=False))
+            once=self.clients.client(context, idempotent=False),
+            busy_min_wait=3 * conf.cinder_plus_warm_check_interval)
 
     def configure_add(self):
         try:

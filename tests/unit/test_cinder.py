@@ -168,6 +168,19 @@ def test_attachment_create_retries_while_volume_is_busy():
     assert client.attachments.create.call_count == 3 + 3
 
 
+def test_attachment_create_keeps_trying_for_the_minimum_busy_wait():
+    """Another host lets go at its next release check: wait that long."""
+    client = mock.Mock()
+    busy = cinder_exc.BadRequest(
+        400, 'Invalid volume: status must be available or in-use or '
+        'downloading to reserve, but the current status is in-use.')
+    client.attachments.create.side_effect = [busy] * 3 + [{'id': 'a1'}]
+    volumes = cinder.Volumes(client, 1, attach_retries=1, busy_min_wait=1.0)
+    with mock.patch.object(volumes, 'request_release'):
+        assert volumes.attachment_create('v', 'ro') == {'id': 'a1'}
+    assert client.attachments.create.call_count == 4
+
+
 def test_list_all_falls_back_to_own_project_when_forbidden():
     client = mock.Mock()
     client.volumes.list.side_effect = [cinder_exc.Forbidden(403), ['mine']]
