@@ -85,8 +85,11 @@ def run_driver(size, workdir):
     for driver in ('ours', 'builtin'):
         out = os.path.join(workdir, 'ceph-%s.json' % driver)
         rc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), driver, str(size),
-             out], env=dict(os.environ, PYTHONPATH=common.TOOLS)).returncode
+            # as a module: run as a script, bench_lib/http.py would shadow
+            # the standard library's http
+            [sys.executable, '-m', 'bench_lib.ceph', driver, str(size),
+             out], cwd=common.TOOLS,
+            env=dict(os.environ, PYTHONPATH=common.TOOLS)).returncode
         if rc or not os.path.exists(out):
             log('ceph driver level %s: child exited %d' % (driver, rc))
             continue
