@@ -134,6 +134,20 @@ def _refuse_system_device(rdev):
 
 
 @contextlib.contextmanager
+def _open_block(real, path):
+    """An fd (O_NOFOLLOW) and its stat on the block device node ``real``."""
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                 os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISBLK(st.st_mode):
+            raise PermissionError('not a block device: %s' % path)
+        yield fd, st
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def _device(path):
     """An fd on the block device ``path`` names, after the checks.
 
@@ -144,19 +158,12 @@ def _device(path):
     real = os.path.realpath(path)
     if not real.startswith('/dev/'):
         raise PermissionError('not a device in /dev: %s' % path)
-    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
-                 os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISBLK(st.st_mode):
-            raise PermissionError('not a block device: %s' % path)
+    with _open_block(real, path) as (fd, st):
         try:
             _refuse_system_device(st.st_rdev)
         except PermissionError as e:
             raise PermissionError('refusing %s: %s' % (path, e))
         yield fd, st
-    finally:
-        os.close(fd)
 
 
 def _current(fd, st):
@@ -196,13 +203,7 @@ def set_user_access(path, uid, writable):
 
 def clear_user_access(path, uid):
     """Remove ``uid``'s entry if this helper added it; else leave it."""
-    real = os.path.realpath(path)
-    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
-                 os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISBLK(st.st_mode):
-            raise PermissionError('not a block device: %s' % path)
+    with _open_block(os.path.realpath(path), path) as (fd, st):
         with _ledger() as grants:
             if grants.get(str(st.st_rdev)) != uid:
                 return False
@@ -210,8 +211,6 @@ def clear_user_access(path, uid):
                                                        uid)))
             del grants[str(st.st_rdev)]
             return True
-    finally:
-        os.close(fd)
 
 
 # The entry points: run in the daemon, which finds them by these names.
