@@ -145,6 +145,10 @@ def test_import_into_all_stores_then_delete_from_one(glance, cinder, images,
     image = wait_import(glance, image.id)
     assert image.status == 'active'
     assert not image.get('os_glance_failed_import')
+    # Glance lists the stores in the order it imported them, i.e. the
+    # order of enabled_backends; tempest's import waiter waits for exactly
+    # the ids sorted by name (and times out on any other order)
+    assert image.stores == ','.join(all_stores)
     check_in(cinder, image, all_stores, data)
     for store in all_stores:
         download_from(admin, glance_url, image, store, data)
