@@ -173,6 +173,7 @@ class Record:
     device_id: dict = None         # identity recorded at connect time
     stripped: bool = False         # secrets were left out of the file
     boot: str = None               # the boot it was made in
+    volume: dict = None            # what readers need of the volume (ro)
 
     @property
     def device_path(self):
@@ -202,7 +203,9 @@ class Record:
         try:
             data = json.loads(text)
             data['holders'] = [Holder(**h) for h in data['holders']]
-            record = cls(**data)
+            # keys a newer version added are not ours to judge: skip them
+            known = {f.name for f in dataclasses.fields(cls)}
+            record = cls(**{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise CorruptRecord(str(e))
         if record.mode not in ('ro', 'rw') or not record.attachment_id:

@@ -266,14 +266,14 @@ class CinderStore(glance_store.driver.Store):
                 chunk_size or size)
 
     def _warm_volume(self, volume_id):
-        """The volume of a warm attachment: no Cinder round trip.
+        """The volume of a warm attachment on this host: no Cinder call.
 
         Only with the store's own credentials: with the user's token, the
         Cinder GET is also the check that the user may see the volume.
         """
         if not self.clients.uses_service_credentials:
             return None
-        return self.attachments.warm.volume(volume_id)
+        return self.attachments.warm_volume(volume_id)
 
     def _read(self, volumes, volume, offset, length):
         """Attach now, read as the caller iterates.

@@ -534,3 +534,55 @@ def test_warm_get_with_user_tokens_asks_cinder(make_store, cinder, context):
     b''.join(store.get(loc, context=context)[0])
     assert [c for c in cinder.calls if c[0] == 'get']
     store.delete(loc, context=context)
+
+
+def test_warm_get_in_another_worker_skips_the_cinder_lookup(
+        make_store, cinder, context):
+    # two glance-api processes of one host share the attachment records;
+    # the second one finds the volume in the record, not in Cinder
+    first = make_store(cinder_plus_attach_grace_period=60)
+    loc = _stored(first, context, b'abcd')
+    assert b''.join(first.get(loc, context=context)[0]) == b'abcd'
+    other = make_store(cinder_plus_attach_grace_period=60)
+    cinder.calls.clear()
+    it, size = other.get(loc, context=context)
+    assert size == 4 and b''.join(it) == b'abcd'
+    assert not [c for c in cinder.calls if c[0] in ('get',
+                                                    'attachment_create')]
+    # the warm attachment still yields at once to a delete
+    other.delete(loc, context=context)
+    assert other.attachments.warm_volume(loc.store_location.volume_id) is None
+    no_leaks(cinder)
+
+
+def test_warm_record_still_refuses_foreign_volumes(make_store, cinder,
+                                                   context):
+    store = make_store(cinder_plus_attach_grace_period=60)
+    vol = cinder.create(1, 'not-an-image', {}, 'gold-type')
+    cinder.get(vol.id)
+    with store.attachments.attach(cinder, cinder.get(vol.id), 'ro'):
+        pass        # another tool of this host read it: kept warm
+    other = make_store(cinder_plus_attach_grace_period=60)
+    assert other.attachments.warm_volume(vol.id) is not None
+    loc = location_for(other, 'cinder://gold/%s' % vol.id)
+    with pytest.raises(exceptions.NotFound):
+        other.get(loc, context=context)
+    store.attachments.release_idle(cinder, vol.id)
+    no_leaks(cinder)
+
+
+def test_warm_record_of_an_older_version_asks_cinder(make_store, cinder,
+                                                     context):
+    first = make_store(cinder_plus_attach_grace_period=60)
+    loc = _stored(first, context, b'abcd')
+    b''.join(first.get(loc, context=context)[0])
+    records = first.attachments.records
+    record = records.load(loc.store_location.volume_id)
+    record.volume = None
+    records.save(record)
+    other = make_store(cinder_plus_attach_grace_period=60)
+    cinder.calls.clear()
+    assert b''.join(other.get(loc, context=context)[0]) == b'abcd'
+    assert [c for c in cinder.calls if c[0] == 'get']
+    other.delete(loc, context=context)
+    no_leaks(cinder)
