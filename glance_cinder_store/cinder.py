@@ -355,6 +355,17 @@ class Volumes:
             if status not in ('deleting', 'deleted'):
                 raise
 
+    def rename(self, volume, name, metadata):
+        """Rename ``volume`` and replace its metadata: one round trip.
+
+        Cinder's volume update replaces the whole metadata when it is
+        given.  Returns the volume as Cinder has it now.
+        """
+        manager = self.client.volumes
+        with translated_errors('renaming volume %s' % volume.id):
+            body = manager.update(volume, name=name, metadata=metadata)
+        return manager.resource_class(manager, body['volume'], loaded=True)
+
     def replace_metadata(self, volume, metadata):
         with translated_errors('updating metadata of volume %s' % volume.id):
             self.client.volumes.update_all_metadata(volume, metadata)

@@ -25,6 +25,7 @@ from glance_store import exceptions
 
 from glance_cinder_store import attach
 from glance_cinder_store import holders
+from glance_cinder_store import pool
 
 LOG = logging.getLogger(__name__)
 
@@ -149,11 +150,13 @@ class Healer:
             verdict = mark.verdict(stale_after)
             if verdict != holders.DEAD:
                 continue
+            what = ('pool volume kept' if pool.is_pool_volume(vol)
+                    else 'upload')
             if mark.failed:
-                why = 'upload by %s failed' % mark.uploader.describe()
+                why = '%s by %s failed' % (what, mark.uploader.describe())
             else:
-                why = 'upload by %s died (%s)' % (
-                    mark.uploader.describe(),
+                why = '%s by %s died (%s)' % (
+                    what, mark.uploader.describe(),
                     'silent for %ds' % mark.silent_for()
                     if mark.uploader.verdict() == holders.UNKNOWN
                     else 'process gone or host rebooted')

@@ -143,6 +143,22 @@ Uploads of this host are judged by their process only, never by age. 0 (the
 default) never condemns another host's upload: that host cleans up its own.
 Set it well above ``cinder_plus_upload_heartbeat_interval`` (e.g. 10 times).
 """),
+    cfg.IntOpt('cinder_plus_volume_pool_size',
+               default=0, min=0,
+               help="""
+Empty 1 GiB volumes of the store's type each glance-api process keeps ready
+for small uploads (the volume pool). 0 (the default) turns the pool off.
+
+An upload of at most 1 GiB (or of unknown size) claims a ready volume with
+one Cinder call instead of creating one and waiting for it (about 0.3 s of
+a 1 MiB upload), and the process creates a replacement in the background.
+Needs the ``cinder_store_*`` service credentials. Pool volumes count against
+the service project's volume and gigabyte quotas (this many per glance-api
+process and store), are named ``glance-cinder-store-pool-<store>-...`` and
+carry the ``glance_cinder_store_pool`` and upload marks: the process deletes
+them at exit, and the self-healing pass and ``glance-cinder-store-cleanup``
+delete those of a process that is gone.
+"""),
 ]
 
 OPTIONS = SHARED_OPTS + OUR_OPTS

@@ -27,6 +27,7 @@ from glance_cinder_store import heal
 from glance_cinder_store import holders
 from glance_cinder_store import location
 from glance_cinder_store import options
+from glance_cinder_store import pool
 from glance_cinder_store import privileged
 from glance_cinder_store import transfer
 
@@ -65,6 +66,7 @@ class CinderStore(glance_store.driver.Store):
         self.clients = cinder.CinderClientFactory(self.store_conf)
         self._attachments = None
         self._healing = None
+        self._pool = None
 
     @property
     def name(self):
@@ -103,6 +105,7 @@ class CinderStore(glance_store.driver.Store):
             LOG.error('store %s: %s', self.name, e)
         else:
             self._start_healing()
+            self._start_pool()
         if self.store_conf.cinder_plus_prestart_privsep:
             privileged.start_in_background(self.store_conf.rootwrap_config,
                                            ours=os.getuid() != 0)
@@ -128,6 +131,30 @@ class CinderStore(glance_store.driver.Store):
                      'undoes what crashed processes leave', self.name)
             return
         self._healing = heal.Periodic(self, interval).start()
+
+    def _start_pool(self):
+        """Keep volumes ready for small adds, when the operator asks."""
+        size = self.store_conf.cinder_plus_volume_pool_size
+        if self._pool is not None or not size:
+            return
+        if not self.clients.uses_service_credentials:
+            LOG.warning('store %s: cinder_plus_volume_pool_size needs the '
+                        'cinder_store_* service credentials; no volume pool',
+                        self.name)
+            return
+        self._pool = pool.VolumePool(
+            self.name, self.store_conf.cinder_volume_type, self.volumes,
+            size, self.store_conf.cinder_plus_upload_heartbeat_interval)
+        self._pool.start()
+
+    def close(self):
+        """Stop this store's background work and delete its pool volumes."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._healing is not None:
+            self._healing.stop()
+            self._healing = None
 
     # -- add --------------------------------------------------------------
 
@@ -158,15 +185,20 @@ class CinderStore(glance_store.driver.Store):
             metadata['image_owner'] = context.project_id
         size_gb = max(1, math.ceil(image_size / units.Gi))
         mark = holders.UploadMark.mine()
-        volume = self._create_volume(volumes, name, size_gb,
-                                     dict(metadata, **{
-                                         UPLOAD_MARK: mark.format()}))
+        marked = dict(metadata, **{UPLOAD_MARK: mark.format()})
+        volume = None
+        if self._pool is not None:
+            volume = self._pool.claim(name, marked, size_gb)
+        if volume is None:
+            volume = self._create_volume(volumes, name, size_gb, marked)
         heartbeat = holders.Heartbeat(
             mark, lambda text: volumes.set_metadata(volume,
                                                     {UPLOAD_MARK: text}),
             self.store_conf.cinder_plus_upload_heartbeat_interval).start()
         try:
-            volume = volumes.wait_for(volume, 'available', ('creating',))
+            if volume.status != 'available':
+                volume = volumes.wait_for(volume, 'available',
+                                          ('creating',))
             result = self._write(volumes, volume, image_file, image_size,
                                  hashing_algo, verifier, metadata, heartbeat)
         except BaseException as e:

@@ -135,6 +135,13 @@ class FakeVolumes:
         os.unlink(vol.path)
         del self.volumes[volume_id]
 
+    def rename(self, volume, name, metadata):
+        self._call('rename', volume.id, name)
+        vol = self._vol(volume.id)
+        vol.name = name
+        vol.metadata = dict(metadata)
+        return vol.snapshot()
+
     def replace_metadata(self, volume, metadata):
         self._call('replace_metadata', volume.id)
         self._vol(volume.id).metadata = dict(metadata)

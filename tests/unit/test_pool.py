@@ -1,0 +1,188 @@
+"""The optional volume pool: claimed by small adds, refilled, never leaked."""
+
+import io
+import time
+
+from glance_store import exceptions
+from glance_store import location as gs_location
+from oslo_utils import units
+import pytest
+
+from glance_cinder_store import heal
+from glance_cinder_store import holders
+from glance_cinder_store import pool
+from glance_cinder_store import store as store_mod
+from tests.unit import test_heal
+
+IMAGE_ID = '0d6b1c9e-7f1e-4d1a-8a57-5b0e1f3c2a44'
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, 'timed out'
+        time.sleep(0.01)
+
+
+def pool_volumes(cinder):
+    return [v for v in cinder.volumes.values() if pool.is_pool_volume(v)]
+
+
+@pytest.fixture
+def pooled(make_store, cinder):
+    made = []
+
+    def make(size=2, **overrides):
+        overrides.setdefault('cinder_plus_upload_heartbeat_interval', 0)
+        store = make_store(cinder_plus_volume_pool_size=size, **overrides)
+        made.append(store)
+        if store._pool is not None:
+            wait_until(lambda: len(store._pool) == size)
+        return store
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_pool_is_off_by_default(store, cinder):
+    assert store._pool is None
+    store.add(IMAGE_ID, io.BytesIO(b'x' * 10), 10, 'sha256')
+    assert [c[0] for c in cinder.calls].count('create') == 1
+    assert pool_volumes(cinder) == []
+
+
+def test_pool_volumes_are_marked_for_the_healer(pooled, cinder):
+    store = pooled(size=2)
+    vols = pool_volumes(cinder)
+    assert len(vols) == 2
+    for vol in vols:
+        assert vol.volume_type == 'gold-type' and vol.size == 1
+        assert vol.metadata[pool.POOL_MARK] == 'gold'
+        mark, error = holders.upload_mark_of(vol)
+        assert error is None and mark.verdict() == holders.ALIVE
+        assert 'glance_image_id' not in vol.metadata
+    store.close()
+    assert cinder.volumes == {}
+
+
+def test_add_claims_a_pool_volume_and_the_pool_is_refilled(pooled, cinder,
+                                                           context):
+    store = pooled(size=2)
+    ready = {v.id for v in pool_volumes(cinder)}
+    cinder.calls.clear()
+    url, size, _, _, _ = store.add(IMAGE_ID, io.BytesIO(b'abc' * 100), 300,
+                                   'sha256', context=context)
+    image_vol = next(v for v in cinder.volumes.values()
+                     if v.name == 'image-%s' % IMAGE_ID)
+    assert image_vol.id in ready
+    assert url == 'cinder://gold/%s' % image_vol.id
+    assert ('rename', image_vol.id, 'image-%s' % IMAGE_ID) in cinder.calls
+    # the image volume is an ordinary one: its metadata replaced, read-only
+    assert image_vol.metadata == {'glance_image_id': IMAGE_ID,
+                                  'image_size': '300',
+                                  'image_owner': 'proj-1'}
+    assert image_vol.readonly
+    wait_until(lambda: len(store._pool) == 2)
+    assert len(pool_volumes(cinder)) == 2
+    store.close()
+    assert list(cinder.volumes) == [image_vol.id]
+
+
+def test_claimed_volume_of_a_failed_add_is_deleted(pooled, cinder, context):
+    store = pooled(size=1)
+
+    class Broken(io.BytesIO):
+        def read(self, n=-1):
+            raise IOError('client went away')
+    with pytest.raises(IOError):
+        store.add(IMAGE_ID, Broken(), 100, 'sha256', context=context)
+    store.close()
+    assert cinder.volumes == {}
+
+
+def test_a_failed_claim_deletes_the_pool_volume_and_creates_one(
+        pooled, cinder, context):
+    store = pooled(size=1)
+    (ready,) = pool_volumes(cinder)
+    cinder.fail['rename'] = exceptions.BackendException('Cinder said no')
+    store.add(IMAGE_ID, io.BytesIO(b'x' * 10), 10, 'sha256', context=context)
+    assert ready.id not in cinder.volumes
+    store.close()
+    (vol,) = cinder.volumes.values()
+    assert vol.name == 'image-%s' % IMAGE_ID
+
+
+def test_images_above_one_gib_do_not_claim(pooled, cinder, context,
+                                           monkeypatch):
+    store = pooled(size=1)
+    monkeypatch.setattr(store_mod.transfer, 'write_image',
+                        lambda *a, **k: store_mod.transfer.WriteResult(
+                            a[2], 'm', 'h', 0))
+    cinder.calls.clear()
+    store.add(IMAGE_ID, io.BytesIO(b''), units.Gi + 1, 'sha256',
+              context=context)
+    assert not [c for c in cinder.calls if c[0] == 'rename']
+    assert len(pool_volumes(cinder)) == 1
+    store.close()
+
+
+def test_no_pool_without_service_credentials(pooled, cinder):
+    store = pooled(size=2, cinder_store_user_name=None,
+                   cinder_store_password=None)
+    assert store._pool is None
+    assert cinder.volumes == {}
+
+
+def test_pool_volumes_are_never_read_or_deleted_through_glance(
+        pooled, cinder, context):
+    store = pooled(size=1)
+    (vol,) = pool_volumes(cinder)
+    gs_location.register_scheme_backend_map({
+        'cinder': {'gold': {'store': store,
+                            'location_class': store_mod.StoreLocation,
+                            'store_entry': 'cinder_plus'}}})
+    loc = gs_location.get_location_from_uri_and_backend(
+        'cinder://gold/%s' % vol.id, 'gold', conf=store.conf)
+    with pytest.raises(exceptions.NotFound):
+        store.get(loc, context=context)
+    with pytest.raises(exceptions.NotFound):
+        store.delete(loc, context=context)
+    assert vol.id in cinder.volumes
+
+
+def test_marks_are_refreshed(pooled, cinder):
+    store = pooled(size=1)
+    (vol,) = pool_volumes(cinder)
+    before = holders.upload_mark_of(vol)[0]
+    time.sleep(1.1)
+    store._pool._refresh_marks()
+    after = holders.upload_mark_of(cinder.volumes[vol.id])[0]
+    assert after.beat > before.beat and after.since == before.since
+
+
+def test_the_healer_deletes_the_pool_of_a_dead_process(store, cinder):
+    dead = test_heal.dead_process()
+    left = cinder.create(1, 'glance-cinder-store-pool-gold-x', {
+        pool.POOL_MARK: 'gold',
+        holders.UPLOAD_MARK: test_heal.mark_of(dead).format()}, 'gold-type')
+    findings = test_heal.reconcile(store, cinder)
+    assert [(f.volume_id, f.action, f.outcome) for f in findings] == [
+        (left.id, 'delete volume', 'deleted')]
+    assert 'pool volume' in findings[0].why
+    assert cinder.volumes == {}
+    assert heal.dead_uploads(store.store_conf.cinder_plus_state_dir) == {}
+
+
+def test_a_failed_refill_backs_off_and_recovers(make_store, cinder):
+    cinder.fail['create'] = exceptions.StorageFull('quota')
+    store = make_store(cinder_plus_volume_pool_size=1,
+                       cinder_plus_upload_heartbeat_interval=0)
+    try:
+        wait_until(lambda: [c for c in cinder.calls if c[0] == 'create'])
+        assert len(store._pool) == 0
+        del cinder.fail['create']
+        store._pool._wake.set()
+        wait_until(lambda: len(store._pool) == 1)
+    finally:
+        store.close()
+    assert cinder.volumes == {}
