@@ -333,7 +333,12 @@ def run_child(spec):
     with open(spec['journal'], 'a') as journal:
         bench = Bench(spec['driver'], workdir, journal,
                       spec.get('overrides'))
-        out = run_scenarios(bench, spec)
+        try:
+            out = run_scenarios(bench, spec)
+        finally:
+            close = getattr(bench.store, 'close', None)
+            if close is not None:
+                close()     # ours: deletes the pool's volumes
     if spec['driver'].startswith('ours'):
         # the work tree may change under a long run: say what this child ran
         import glance_cinder_store.store as m
@@ -359,6 +364,18 @@ def _attempt(out, name, fn, tries=2):
                                                  'error': msg[:500]})
             log('%s FAILED (try %d/%d): %s' % (name, i + 1, tries, msg))
     return None
+
+
+def _wait_for_pool(bench, timeout=120):
+    """With the volume pool on: start measuring once it is full."""
+    pool = getattr(bench.store, '_pool', None)
+    deadline = time.monotonic() + timeout
+    while pool is not None and len(pool) < pool.size:
+        if time.monotonic() > deadline:
+            log('%s: the volume pool did not fill in %d s'
+                % (bench.driver, timeout))
+            return
+        time.sleep(0.2)
 
 
 def run_scenarios(bench, spec):
@@ -450,6 +467,7 @@ def run_scenarios(bench, spec):
             % (name, common.median(adds) or 0, common.median(gets) or 0,
                len(adds)))
     if want('small'):
+        _wait_for_pool(bench)
         small_images()
 
     def extend_cost():

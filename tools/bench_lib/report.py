@@ -117,6 +117,9 @@ def ratios(fig, cfg):
                                 _m(fig, 'limits', 'dd_read_mbps'))
     r['small_add_latency_vs_builtin'] = ratio(
         _m(fig, *bi, 'small', 'add_s'), _m(fig, *ours, 'small', 'add_s'))
+    # the optional volume pool (cinder_plus_volume_pool_size = 2)
+    r['small_add_latency_pool_s'] = _m(fig, 'driver', 'ours_pool', 'small',
+                                       'add_s')
     r['small_get_latency_vs_builtin'] = ratio(
         _m(fig, *bi, 'small', 'get_s'), _m(fig, *ours, 'small', 'get_s'))
     r['rss_growth_mib_4gib'] = {
@@ -348,6 +351,11 @@ def table(fig, r, t, cfg):
         drow('get %d MiB (warm)' % big, 'download')
         drow('  first byte (s)', 'download', 'first_byte_s', '%.3f', True)
         drow('1 MiB add latency (s)', 'small', 'add_s', '%.3f', True)
+        if 'ours_pool' in drv:
+            o = d('ours_pool', 'small', 'add_s')
+            b = d('builtin', 'small', 'add_s')
+            row('  ours with a volume pool of 2', _f(o, '%.3f'),
+                _f(b, '%.3f'), _f(ratio(b, o), '%.2fx'))
         drow('1 MiB get latency (s)', 'small', 'get_s', '%.3f', True)
         drow('peak RSS growth, %d MiB add (MiB)' % sparse, 'sparse_known',
              'rss_growth_mib', '%.1f', True)
