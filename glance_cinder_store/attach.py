@@ -192,6 +192,7 @@ class HostAttachments:
         me = holders.Holder.me()
         record = self._acquire(volumes, volume, mode, me)
         attached = None
+        done = False
         try:
             connection = self.connection(record, volume, volumes)
             if connection.local_path:
@@ -201,6 +202,7 @@ class HostAttachments:
             attached = Attached(volume.id, mode, connection,
                                 record.device_info)
             yield attached
+            done = True
         finally:
             if attached is not None:
                 attached.close()
@@ -208,8 +210,12 @@ class HostAttachments:
                 self._release(volumes, volume.id, me, volume)
             except Exception:
                 LOG.exception('volume %s: detach failed; the next user of '
-                              'the volume or glance-cinder-store-cleanup '
-                              'will finish it', volume.id)
+                              'the volume or the self-healing pass will '
+                              'finish it', volume.id)
+                # A reader has its bytes; a writer's volume must be
+                # detached before it can be made read-only and used.
+                if mode == 'rw' and done:
+                    raise
 
     def warm_volume(self, volume_id):
         """The volume of a read-only attachment kept on this host, or None.

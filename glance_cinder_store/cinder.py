@@ -116,8 +116,9 @@ class CinderClientFactory:
             if self._session is None:
                 auth = (self._service_auth()
                         if self.uses_service_credentials else None)
-                self._session = ks_session.Session(auth=auth,
-                                                   verify=self._verify())
+                self._session = ks_session.Session(
+                    auth=auth, verify=self._verify(),
+                    timeout=self.conf.cinder_plus_http_timeout or None)
             return self._session
 
     def _user_auth(self, context):
@@ -420,7 +421,13 @@ class Volumes:
                 if a.status in statuses and
                 getattr(a, 'attach_mode', mode) == mode and
                 not getattr(a, 'instance', None)]
-            return {'id': found[0].id} if len(found) == 1 else None
+            if len(found) != 1:
+                return None
+            # with its connection: connecting it a second time (attachment
+            # update) could make the backend export it twice
+            return {'id': found[0].id,
+                    'connection_info': getattr(found[0], 'connection_info',
+                                               None)}
 
         try:
             with translated_errors('reserving volume %s' % volume_id):
@@ -484,6 +491,19 @@ class Volumes:
                 self.client.attachments.delete(attachment_id)
         except exceptions.NotFound:
             LOG.debug('attachment %s was already gone', attachment_id)
+
+    def volume_attachments(self, volume_id):
+        """Every attachment of a volume, also those not yet attached.
+
+        The volume's own view lists only completed (``attached``) ones: an
+        attachment left ``reserved`` or ``attaching`` by a process killed
+        mid-attach shows up only here, and keeps the volume from being
+        deleted.
+        """
+        with translated_errors('listing the attachments of volume %s'
+                               % volume_id):
+            return self.client.attachments.list(
+                search_opts={'volume_id': volume_id}, detailed=True)
 
     def host_attachments(self, volume_id, host):
         """Attachment ids of ``volume_id`` held by ``host``, per Cinder."""

@@ -161,13 +161,14 @@ class Healer:
                     if mark.uploader.verdict() == holders.UNKNOWN
                     else 'process gone or host rebooted')
             found.append(self._delete_upload(volumes, vol, why, dry_run,
-                                             image_id))
+                                             image_id, mark))
         return found
 
-    def _delete_upload(self, volumes, vol, why, dry_run, image_id):
+    def _delete_upload(self, volumes, vol, why, dry_run, image_id, mark):
         finding = Finding(vol.id, 'delete volume', why, image_id=image_id)
         try:
             left = self._release_ours(volumes, vol, dry_run)
+            left += self._release_unfinished(volumes, vol, mark, dry_run)
             if left:
                 finding.action = 'keep'
                 finding.outcome = 'still attached (%s)' % ', '.join(left)
@@ -213,6 +214,31 @@ class Healer:
             elif self.attachments.adopt(volumes, vol.id, att_id,
                                         dry_run=dry_run) == 'held':
                 left.append('%s in use on this host' % att_id)
+        return left
+
+    def _release_unfinished(self, volumes, vol, mark, dry_run):
+        """Undo the attachments a dead upload left before completing them.
+
+        Killed between the attachment's create and complete, an upload
+        leaves it ``reserved`` or ``attaching``: not in the volume's view,
+        no record if the kill came first, and the volume cannot be deleted
+        while it exists.  Nobody else attaches an upload's volume, so such an
+        attachment is the dead uploader's.  Of another host's upload only a
+        ``reserved`` one (never connected anywhere) is undone here: an
+        ``attaching`` one may have a device on that host.
+        """
+        listed = {a['attachment_id'] for a in vol.attachments}
+        this_host = mark.uploader.host in (None, self.attachments.host)
+        left = []
+        for att in volumes.volume_attachments(vol.id):
+            if att.id in listed or att.status in ('attached', 'detached'):
+                continue
+            if att.status != 'reserved' and not this_host:
+                left.append('%s %s on %s' % (att.id, att.status,
+                                             mark.uploader.host))
+            elif self.attachments.adopt(volumes, vol.id, att.id,
+                                        dry_run=dry_run) == 'held':
+                left.append('%s in use on this host' % att.id)
         return left
 
     def _tracked_attachment(self, volume_id):

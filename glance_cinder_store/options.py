@@ -161,6 +161,23 @@ delete those of a process that is gone.
 """),
 ]
 
+OUR_OPTS += [
+    cfg.FloatOpt('cinder_plus_http_timeout',
+                 default=180.0, min=0.0,
+                 help="""
+Seconds to wait for an answer to one HTTP request to Cinder or Keystone.
+
+Without a bound, a cinder-api that accepted a connection and never answers
+(hung, or behind a dead load balancer) holds the upload or download, and the
+volume lock with it, forever. Cinder answers its slowest calls (an attachment
+with its connection, after an RPC round trip to cinder-volume) within its
+``rpc_response_timeout`` (60 s by default), so keep this above that. A
+request that timed out counts as possibly done: reads are retried
+(``cinder_http_retries``), creates only after a lookup shows they did not
+take effect. 0 waits forever.
+"""),
+]
+
 OPTIONS = SHARED_OPTS + OUR_OPTS
 
 

@@ -22,6 +22,7 @@ from aio_lib import common  # noqa: E402  (tools/ is not installed)
 from aio_lib import names  # noqa: E402
 
 AIO_ROOT = common.AIO_ROOT
+AIO = os.path.join(REPO, 'tools', 'aio')
 CINDER_LOG = os.environ.get(
     'GCS_CINDER_LOG', os.path.join(AIO_ROOT, 'logs', 'cinder-volume.log'))
 GLANCE_CONF = os.environ.get('GCS_GLANCE_CONF', '/etc/glance/glance-api.conf')

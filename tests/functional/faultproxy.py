@@ -3,8 +3,11 @@
 Rules match a method and a path pattern and act on the next N matching
 requests: ``500``/``503`` (answer without forwarding), ``after-500`` /
 ``after-503`` (forward, so the call takes effect, then answer with the
-error), ``reset`` (close the connection without an answer) or ``delay:S``
-(wait S seconds, then forward).  Everything else is forwarded unchanged.
+error), ``reset`` (close the connection without an answer), ``delay:S``
+(wait S seconds, then forward), ``hang-after:S`` (forward, then keep the
+client waiting S seconds for the answer: a timeout after the call took
+effect) or a callable (called, then the request is forwarded).
+Everything else is forwarded unchanged.
 """
 
 import http.client
@@ -82,6 +85,9 @@ class FaultProxy:
         length = int(req.headers.get('Content-Length') or 0)
         body = req.rfile.read(length) if length else None
         action = self._rule_for(req.command, req.path)
+        if callable(action):            # e.g. stop a service, then forward
+            action()
+            action = None
         if action == 'reset':
             req.connection.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER,
@@ -94,6 +100,8 @@ class FaultProxy:
         if action and action.startswith('delay:'):
             time.sleep(float(action.split(':')[1]))
         status, headers, data = self._forward(req, body)
+        if action and action.startswith('hang-after:'):
+            time.sleep(float(action.split(':')[1]))
         if action in ('after-500', 'after-503'):
             return self._answer(req, int(action[6:]),
                                 'injected after the call took effect')

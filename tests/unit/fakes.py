@@ -37,10 +37,11 @@ class FakeVolume:
 
 
 class FakeAttachment:
-    def __init__(self, aid, connection_info, attach_mode):
+    def __init__(self, aid, connection_info, attach_mode, status=None):
         self.id = aid
         self.connection_info = connection_info
         self.attach_mode = attach_mode
+        self.status = status
 
 
 class FakeVolumes:
@@ -53,6 +54,8 @@ class FakeVolumes:
         self.host = host
         self.volumes = {}
         self.attachments = {}      # id -> (volume_id, mode, host)
+        self.attach_status = {}    # id -> reserved/attaching/attached
+        self.mountpoints = {}
         self.calls = []
         self.fail = {}             # method name -> exception to raise
         self.status_after_create = 'available'
@@ -129,7 +132,7 @@ class FakeVolumes:
     def delete(self, volume_id):
         self._call('delete', volume_id)
         vol = self._vol(volume_id)
-        if vol.attachments:
+        if self._attachments_of(volume_id):
             raise exceptions.BackendException(
                 'Invalid volume: Volume status must be available or error')
         os.unlink(vol.path)
@@ -159,9 +162,10 @@ class FakeVolumes:
         self._call('attachment_create', volume_id, mode)
         vol = self._vol(volume_id)
         aid = 'att-%d' % next(self._ids)
+        # Like Cinder: the volume's view lists an attachment only once it
+        # is complete ('attached'); until then only the attachments API has
         self.attachments[aid] = (volume_id, mode, None)
-        vol.attachments.append({'attachment_id': aid, 'host_name': None,
-                                'device': None})
+        self.attach_status[aid] = 'reserved'
         vol.status = 'reserved'
         if connector is None:
             return {'id': aid}
@@ -172,10 +176,9 @@ class FakeVolumes:
     def _connect(self, attachment_id, connector):
         volume_id, mode, _ = self.attachments[attachment_id]
         self.attachments[attachment_id] = (volume_id, mode, connector['host'])
-        for a in self._vol(volume_id).attachments:
-            if a['attachment_id'] == attachment_id:
-                a['host_name'] = connector['host']
-                a['device'] = connector.get('mountpoint')
+        self.mountpoints[attachment_id] = connector.get('mountpoint')
+        self.attach_status[attachment_id] = 'attaching'
+        self._vol(volume_id).status = 'attaching'
 
     def request_release(self, volume_id):
         from glance_cinder_store import cinder
@@ -202,20 +205,40 @@ class FakeVolumes:
 
     def attachment_complete(self, attachment_id):
         self._call('attachment_complete', attachment_id)
-        volume_id = self.attachments[attachment_id][0]
-        self._vol(volume_id).status = 'in-use'
+        volume_id, _, host = self.attachments[attachment_id]
+        self.attach_status[attachment_id] = 'attached'
+        vol = self._vol(volume_id)
+        vol.status = 'in-use'
+        vol.attachments.append({
+            'attachment_id': attachment_id, 'host_name': host,
+            'device': self.mountpoints.get(attachment_id)})
 
     def attachment_delete(self, attachment_id):
         self._call('attachment_delete', attachment_id)
         if attachment_id not in self.attachments:
             return
         volume_id = self.attachments.pop(attachment_id)[0]
+        self.attach_status.pop(attachment_id, None)
         vol = self.volumes.get(volume_id)
         if vol:
             vol.attachments = [a for a in vol.attachments
                                if a['attachment_id'] != attachment_id]
-            if not vol.attachments:
+            if vol.attachments:
+                vol.status = 'in-use'
+            elif self._attachments_of(volume_id):
+                vol.status = 'reserved'
+            else:
                 vol.status = 'available'
+
+    def _attachments_of(self, volume_id):
+        return [aid for aid, (vid, _, _) in self.attachments.items()
+                if vid == volume_id]
+
+    def volume_attachments(self, volume_id):
+        self._call('volume_attachments', volume_id)
+        return [FakeAttachment(aid, None, self.attachments[aid][1],
+                               self.attach_status[aid])
+                for aid in self._attachments_of(volume_id)]
 
     def host_attachments(self, volume_id, host):
         self._call('host_attachments', volume_id)
@@ -224,8 +247,11 @@ class FakeVolumes:
 
     def attachment_show(self, attachment_id):
         volume_id, mode, _ = self.attachments[attachment_id]
-        return FakeAttachment(attachment_id, self.connection_info(volume_id),
-                              mode)
+        connected = self.attach_status[attachment_id] != 'reserved'
+        return FakeAttachment(
+            attachment_id,
+            self.connection_info(volume_id) if connected else None, mode,
+            self.attach_status[attachment_id])
 
 
 class FakeConnection:

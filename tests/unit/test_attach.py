@@ -96,7 +96,10 @@ def _plant(host, cinder, volume, holder, state=holders.ATTACHED):
     upd = cinder.attachment_update(
         att["id"], {"host": HOST, "mountpoint": attach.MOUNTPOINT})
     conn = fakes.FakeConnection(upd.connection_info)
-    device = conn.connect() if state == holders.ATTACHED else None
+    device = None
+    if state == holders.ATTACHED:
+        device = conn.connect()
+        cinder.attachment_complete(att['id'])
     host.records.save(holders.Record(
         volume.id, att['id'], 'ro', state=state,
         connection_info=upd.connection_info, device_info=device,

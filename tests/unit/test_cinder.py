@@ -261,8 +261,22 @@ def test_attachment_create_lookup_after_a_lost_answer(no_sleep):
     client.attachments.list.return_value = [Found('a9', status='attached'),
                                             Found('a7')]
     assert cinder.Volumes(client, 1).attachment_create('v', 'rw') == {
-        'id': 'a7'}
+        'id': 'a7', 'connection_info': None}
     assert client.attachments.create.call_count == 1
+
+
+def test_attachment_found_after_a_lost_answer_keeps_its_connection(
+        no_sleep):
+    # connected by the lost call already: connecting it again could make
+    # the backend export the volume twice
+    client = mock.Mock()
+    client.attachments.create.side_effect = ks_exc.ConnectFailure('reset')
+    found = Found('a7', status='attaching')
+    found.connection_info = {'device_path': '/dev/loop3'}
+    client.attachments.list.return_value = [found]
+    got = cinder.Volumes(client, 1).attachment_create('v', 'rw', {'h': 1})
+    assert got == {'id': 'a7',
+                   'connection_info': {'device_path': '/dev/loop3'}}
 
 
 def test_attachment_create_passes_the_connector():

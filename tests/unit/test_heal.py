@@ -142,6 +142,7 @@ def test_dead_upload_of_this_host_is_detached_then_deleted(store, cinder):
     att = cinder.attachment_create(vol.id, 'rw')['id']
     upd = cinder.attachment_update(att, host.connector_properties())
     device = fakes.FakeConnection(upd.connection_info).connect()
+    cinder.attachment_complete(att)
     host.records.save(holders.Record(
         vol.id, att, 'rw', state=holders.ATTACHED,
         connection_info=upd.connection_info, device_info=device,
@@ -157,6 +158,36 @@ def test_dead_upload_of_this_host_is_detached_then_deleted(store, cinder):
     assert connected() == {}
     assert heal.dead_uploads(store.store_conf.cinder_plus_state_dir) == {
         'img-dead': vol.id}
+
+
+def test_upload_killed_mid_attach_is_undone_and_deleted(store, cinder):
+    # killed between the attachment's create and its record: Cinder's
+    # volume view does not list the attachment, yet it blocks the delete
+    vol = _upload_volume(cinder, dead_process())
+    att = cinder.attachment_create(
+        vol.id, 'rw', store.attachments.connector_properties())['id']
+    assert cinder.get(vol.id).attachments == []
+    done = reconcile(store, cinder)
+    assert ('delete volume', 'deleted') in [(f.action, f.outcome)
+                                            for f in done]
+    assert att not in cinder.attachments and vol.id not in cinder.volumes
+
+
+def test_other_hosts_unfinished_attach_is_kept(store, cinder):
+    far = dataclasses.replace(dead_process(), host='elsewhere')
+    vol = _upload_volume(cinder, far)
+    cinder.volumes[vol.id].metadata[holders.UPLOAD_MARK] = mark_of(
+        far, beat_age=100).format()
+    # 'attaching' may have a device on that host: left alone
+    att = cinder.attachment_create(vol.id, 'rw', {'host': 'elsewhere'})['id']
+    done = reconcile(store, cinder, stale_after=1)
+    assert [f.action for f in done if f.volume_id == vol.id] == ['keep']
+    assert att in cinder.attachments and vol.id in cinder.volumes
+    # only reserved (never connected anywhere): undone, volume deleted
+    cinder.attachment_delete(att)
+    cinder.attachment_create(vol.id, 'rw')
+    done = reconcile(store, cinder, stale_after=1)
+    assert vol.id not in cinder.volumes and cinder.attachments == {}
 
 
 def test_live_or_unknown_uploads_are_never_deleted(store, cinder):

@@ -586,3 +586,13 @@ def test_warm_record_of_an_older_version_asks_cinder(make_store, cinder,
     assert [c for c in cinder.calls if c[0] == 'get']
     other.delete(loc, context=context)
     no_leaks(cinder)
+
+def test_a_writer_whose_detach_fails_fails_the_add_clearly(store, cinder):
+    # the bytes are written, but a volume still attached cannot be made
+    # read-only: say why, instead of Cinder's "status must be available"
+    cinder.fail['attachment_delete'] = exceptions.BackendException(
+        'deleting attachment x failed: HTTP 500')
+    with pytest.raises(exceptions.BackendException,
+                       match='attachment .* is not deleted'):
+        store.add('img-1', io.BytesIO(b'x' * 1000), 1000, 'sha256')
+    assert 'set_readonly' not in [c[0] for c in cinder.calls]
