@@ -49,7 +49,8 @@ def translated_errors(what):
     except cinder_exc.Forbidden as e:
         raise exceptions.Forbidden('%s: forbidden by Cinder (%s)' % (what, e))
     except cinder_exc.ClientException as e:
-        raise exceptions.BackendException('%s failed: %s' % (what, e))
+        raise exceptions.BackendException('%s failed: Cinder answered: %s'
+                                          % (what, e))
     except ks_exc.ClientException as e:
         raise exceptions.BackendException(
             '%s failed: cannot reach Cinder or Keystone (%s)' % (what, e))
