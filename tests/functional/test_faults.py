@@ -175,11 +175,6 @@ def _volume_of(cinder, image_id):
 
 # -- a fault proxy in front of cinder-api, at each call of add/get/delete ----
 
-#: Cases still being stabilised on the shared cloud run only when asked.
-unsettled = pytest.mark.skipif(
-    os.environ.get('GCS_FAULTS') != 'all',
-    reason='being stabilised: set GCS_FAULTS=all to run')
-
 CINDER_API = ('127.0.0.1', 8776)
 VOL = r'/volumes/[0-9a-f-]{36}'
 ATT = r'/attachments/[0-9a-f-]{36}'
@@ -230,7 +225,6 @@ ADD_FAULTS = [
 ]
 
 
-@unsettled
 @pytest.mark.parametrize('method,path,action,times,error', ADD_FAULTS,
                          ids=['%s %s %s' % f[:3] for f in ADD_FAULTS])
 def test_cinder_fault_during_add(faulty, proxy, cinder, method, path,
@@ -290,7 +284,6 @@ GET_FAULTS = [
 ]
 
 
-@unsettled
 @pytest.mark.parametrize('method,path,action,times,error', GET_FAULTS,
                          ids=['%s %s %s' % f[:3] for f in GET_FAULTS])
 def test_cinder_fault_during_get(faulty, proxy, cinder, stored, method,
@@ -314,7 +307,6 @@ def test_cinder_fault_during_get(faulty, proxy, cinder, stored, method,
     assert not fx.loops_of(vol.id)
 
 
-@unsettled
 @pytest.mark.parametrize('action,error', [('after-503', None),
                                           ('500', 'refused to delete')])
 def test_cinder_fault_during_delete(faulty, proxy, cinder, action, error):
@@ -340,7 +332,6 @@ def test_cinder_fault_during_delete(faulty, proxy, cinder, action, error):
 
 # -- host-side faults --------------------------------------------------------
 
-@unsettled
 def test_simulated_reboot_makes_earlier_records_stale(tmp_path, cinder,
                                                       stored, monkeypatch):
     image, data = stored
@@ -369,7 +360,6 @@ def test_simulated_reboot_makes_earlier_records_stale(tmp_path, cinder,
     assert not fx.loops_of(vol.id)
 
 
-@unsettled
 def test_unusable_state_dir_is_a_clear_error(cinder):
     store = test_driver.make_store('/proc/gcs-no-such-dir')
     image_id = str(uuid.uuid4())
@@ -381,7 +371,6 @@ def test_unusable_state_dir_is_a_clear_error(cinder):
         cinder, 'image-' + image_id), timeout=60, what='volume deleted')
 
 
-@unsettled
 def test_backend_full_is_a_clear_error(tmp_path, cinder):
     project = fx.session_for('glance').get_project_id()
     quota = cinder.quotas.get(project)
