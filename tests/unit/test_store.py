@@ -587,6 +587,7 @@ def test_warm_record_of_an_older_version_asks_cinder(make_store, cinder,
     other.delete(loc, context=context)
     no_leaks(cinder)
 
+
 def test_a_writer_whose_detach_fails_fails_the_add_clearly(store, cinder):
     # the bytes are written, but a volume still attached cannot be made
     # read-only: say why, instead of Cinder's "status must be available"
