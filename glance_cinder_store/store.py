@@ -144,7 +144,8 @@ class CinderStore(glance_store.driver.Store):
             return
         self._pool = pool.VolumePool(
             self.name, self.store_conf.cinder_volume_type, self.volumes,
-            size, self.store_conf.cinder_plus_upload_heartbeat_interval)
+            size, self.store_conf.cinder_plus_upload_heartbeat_interval,
+            attachments=self.attachments)
         self._pool.start()
 
     def close(self):
@@ -186,23 +187,28 @@ class CinderStore(glance_store.driver.Store):
         size_gb = max(1, math.ceil(image_size / units.Gi))
         mark = holders.UploadMark.mine()
         marked = dict(metadata, **{UPLOAD_MARK: mark.format()})
-        volume = None
+        claimed = None
         if self._pool is not None:
-            volume = self._pool.claim(name, marked, size_gb)
-        if volume is None:
+            claimed = self._pool.claim(size_gb)
+        if claimed is not None:
+            volume = claimed.volume     # renamed image-<id> once written
+        else:
             volume = self._create_volume(volumes, name, size_gb, marked)
         heartbeat = holders.Heartbeat(
             mark, lambda text: volumes.set_metadata(volume,
                                                     {UPLOAD_MARK: text}),
             self.store_conf.cinder_plus_upload_heartbeat_interval).start()
         try:
-            if volume.status != 'available':
+            if claimed is None and volume.status != 'available':
                 volume = volumes.wait_for(volume, 'available',
                                           ('creating',))
             result = self._write(volumes, volume, image_file, image_size,
-                                 hashing_algo, verifier, metadata, heartbeat)
+                                 hashing_algo, verifier, metadata, heartbeat,
+                                 claimed, name)
         except BaseException as e:
             heartbeat.stop()
+            if claimed is not None:
+                claimed.release()   # normally _write's, unless it never ran
             LOG.error('store %s: upload of image %s to volume %s failed: %s',
                       self.name, image_id, volume.id, e)
             self._discard(volumes, volume, heartbeat.mark)
@@ -230,11 +236,16 @@ class CinderStore(glance_store.driver.Store):
             raise
 
     def _write(self, volumes, volume, image_file, image_size, hashing_algo,
-               verifier, metadata, heartbeat):
+               verifier, metadata, heartbeat, claimed=None, name=None):
         conf = self.store_conf
         with contextlib.ExitStack() as stack:
-            attached = stack.enter_context(
-                self.attachments.attach(volumes, volume, 'rw'))
+            if claimed is not None and claimed.attached is not None:
+                # the pool attached it ahead of time: ours to let go of
+                attached = claimed.attached
+                stack.callback(claimed.release)
+            else:
+                attached = stack.enter_context(
+                    self.attachments.attach(volumes, volume, 'rw'))
             _check_device(attached.target, volume, image_size)
             grower = None
             if not image_size:
@@ -250,8 +261,12 @@ class CinderStore(glance_store.driver.Store):
             # (which drops the upload mark) while the detach runs.
             metadata['image_size'] = str(result.size)
             heartbeat.stop()    # no refresh may bring the mark back
-            finishing = _in_background(volumes.replace_metadata, volume,
-                                       metadata)
+            if claimed is not None:     # still named and marked as pool's
+                finishing = _in_background(volumes.rename, volume, name,
+                                           metadata)
+            else:
+                finishing = _in_background(volumes.replace_metadata, volume,
+                                           metadata)
         finishing.result()
         volumes.set_readonly(volume)    # Cinder wants it detached first
         return result

@@ -1,9 +1,10 @@
 """The optional volume pool against the real Cinder.
 
-An add claims a ready pool volume (no volume create on its path), the pool
-is refilled in the background, closing the store deletes its pool, and the
-pool of a killed process is deleted by the self-healing reconciler of a
-store that has the pool turned off.
+An add claims a ready pool volume, already attached to this host (no volume
+create and no attach on its path), the pool is refilled in the background,
+closing the store deletes its pool, and the pool of a killed process
+(attached, too) is detached and deleted by the self-healing reconciler of
+a store that has the pool turned off.
 """
 
 import io
@@ -48,6 +49,13 @@ def test_add_claims_a_pool_volume_and_close_deletes_the_pool(
     try:
         wait_until(lambda: len(store._pool) == 1)
         (ready,) = pool_volumes(cinder)
+        # attached read-write to this host ahead of time, by this process
+        pooled = cinder.volumes.get(ready)
+        assert pooled.status == 'in-use'
+        record = store.attachments.records.load(ready)
+        assert record.mode == 'rw' and record.state == holders.ATTACHED
+        assert [a['attachment_id'] for a in pooled.attachments] == [
+            record.attachment_id]
         data = os.urandom(MiB)
         url, size, _, _, _ = store.add(
             image_id, io.BytesIO(data), len(data), 'sha256',
@@ -56,6 +64,10 @@ def test_add_claims_a_pool_volume_and_close_deletes_the_pool(
             url, 'gold', conf=store.conf)
         vol = fx.image_volume(cinder, image_id)
         assert vol.id == ready and url.endswith(vol.id)
+        # written through the pool's attachment, then detached, read-only
+        assert vol.status == 'available' and vol.attachments == []
+        assert vol.name == 'image-%s' % image_id
+        assert store.attachments.records.load(vol.id) is None
         # one update renamed it and replaced the pool's metadata
         assert {k: vol.metadata.get(k) for k in (
             'glance_image_id', 'image_size', 'image_owner', pool.POOL_MARK,
@@ -83,7 +95,7 @@ from tests.functional import test_driver
 store = test_driver.make_store(%(state)r, cinder_plus_volume_pool_size=1)
 while len(store._pool) < 1:
     time.sleep(0.1)
-print(store._pool._ready[0][0].id, flush=True)
+print(store._pool._ready[0].volume.id, flush=True)
 time.sleep(600)
 '''
 

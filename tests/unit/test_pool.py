@@ -1,6 +1,7 @@
 """The optional volume pool: claimed by small adds, refilled, never leaked."""
 
 import io
+import os
 import time
 
 from glance_store import exceptions
@@ -76,16 +77,35 @@ def test_add_claims_a_pool_volume_and_the_pool_is_refilled(pooled, cinder,
                      if v.name == 'image-%s' % IMAGE_ID)
     assert image_vol.id in ready
     assert url == 'cinder://gold/%s' % image_vol.id
+    # no create, no attach: one update renames it with its final metadata
+    calls = [c for c in cinder.calls if image_vol.id in c]
+    assert [c[0] for c in calls] == ['rename', 'set_readonly'], calls
     assert ('rename', image_vol.id, 'image-%s' % IMAGE_ID) in cinder.calls
     # the image volume is an ordinary one: its metadata replaced, read-only
     assert image_vol.metadata == {'glance_image_id': IMAGE_ID,
                                   'image_size': '300',
                                   'image_owner': 'proj-1'}
-    assert image_vol.readonly
+    assert image_vol.readonly and image_vol.status == 'available'
     wait_until(lambda: len(store._pool) == 2)
+    # the refill started once the add had let go of the volume
+    names = [c[0] for c in cinder.calls]
+    assert names.index('attachment_delete') < names.index('create')
     assert len(pool_volumes(cinder)) == 2
+    assert all(v.status == 'in-use' for v in pool_volumes(cinder))
     store.close()
     assert list(cinder.volumes) == [image_vol.id]
+
+
+def test_pool_volumes_are_attached_ahead_of_time(pooled, cinder):
+    store = pooled(size=2)
+    records = store.attachments.records
+    for vol in pool_volumes(cinder):
+        assert vol.status == 'in-use'
+        record = records.load(vol.id)
+        assert record.mode == 'rw' and record.state == holders.ATTACHED
+        assert [h.pid for h in record.holders] == [os.getpid()]
+    store.close()
+    assert cinder.volumes == {} and records.volume_ids() == []
 
 
 def test_claimed_volume_of_a_failed_add_is_deleted(pooled, cinder, context):
@@ -100,16 +120,39 @@ def test_claimed_volume_of_a_failed_add_is_deleted(pooled, cinder, context):
     assert cinder.volumes == {}
 
 
-def test_a_failed_claim_deletes_the_pool_volume_and_creates_one(
+def test_a_failed_final_rename_fails_the_add_and_deletes_the_volume(
         pooled, cinder, context):
     store = pooled(size=1)
     (ready,) = pool_volumes(cinder)
     cinder.fail['rename'] = exceptions.BackendException('Cinder said no')
-    store.add(IMAGE_ID, io.BytesIO(b'x' * 10), 10, 'sha256', context=context)
+    with pytest.raises(exceptions.BackendException):
+        store.add(IMAGE_ID, io.BytesIO(b'x' * 10), 10, 'sha256',
+                  context=context)
     assert ready.id not in cinder.volumes
+    del cinder.fail['rename']
     store.close()
-    (vol,) = cinder.volumes.values()
-    assert vol.name == 'image-%s' % IMAGE_ID
+    assert cinder.volumes == {}
+    assert store.attachments.records.volume_ids() == []
+
+
+def test_a_pool_volume_of_a_crashed_add_is_a_pool_volume(
+        pooled, cinder, context, monkeypatch):
+    """Mid-write, the claimed volume still carries the pool's name/marks."""
+    store = pooled(size=1)
+    (ready,) = pool_volumes(cinder)
+    seen = {}
+
+    def write_image(*a, **k):
+        vol = cinder.volumes[ready.id]
+        seen.update(name=vol.name, metadata=dict(vol.metadata))
+        raise IOError('killed')
+    monkeypatch.setattr(store_mod.transfer, 'write_image', write_image)
+    with pytest.raises(IOError):
+        store.add(IMAGE_ID, io.BytesIO(b'x'), 1, 'sha256', context=context)
+    assert seen['name'].startswith('glance-cinder-store-pool-gold-')
+    assert seen['metadata'][pool.POOL_MARK] == 'gold'
+    assert 'glance_image_id' not in seen['metadata']
+    store.close()
 
 
 def test_images_above_one_gib_do_not_claim(pooled, cinder, context,

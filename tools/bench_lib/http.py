@@ -10,6 +10,7 @@ compete with glance-api for the two cores; sizes are checked.
 """
 
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -228,6 +229,56 @@ def _parallel(fns):
     return dt, results
 
 
+POOLED = names.GOLD + '_pool'    # figures of gold with its volume pool on
+POOL_SIZE = 2                    # cinder_plus_volume_pool_size, per process
+POOL_OPTION = 'cinder_plus_volume_pool_size'
+
+
+def _aio(*args):
+    subprocess.run([os.path.join(common.REPO, 'tools', 'aio')] + list(args),
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def _pool_volumes(api):
+    return [v for v in api.cinder.volumes.list(
+        search_opts={'all_tenants': 1})
+        if (v.metadata or {}).get('glance_cinder_store_pool') == names.GOLD
+        and v.status == 'in-use']
+
+
+def small_uploads_with_pool(api, cfg):
+    """1 MiB upload latency to gold with a volume pool in every worker.
+
+    Turns the pool on in glance-api.conf (``tools/aio set-store-option``),
+    waits until every worker's pool is attached and ready, measures, and
+    turns it off again: the pool is optional and off by default, and the
+    functional tests expect a cloud without one.
+    """
+    workers = int(os.environ.get('AIO_GLANCE_WORKERS', '2'))
+    _aio('set-store-option', names.GOLD, POOL_OPTION, str(POOL_SIZE))
+    ids, ups = [], []
+    try:
+        try:
+            aio_common.wait_for(
+                lambda: len(_pool_volumes(api)) >= workers * POOL_SIZE, 90,
+                what='volume pools of glance-api attached')
+        except aio_common.TimedOut:
+            log('http gold pool: not every pool filled; measuring anyway')
+        for _ in range(cfg.get('small_count', 5)):
+            image_id = api.create()
+            ids.append(image_id)
+            ups.append(api.upload(image_id, MiB, names.GOLD))
+            time.sleep(0.5)     # the claimed volume's replacement
+    finally:
+        try:
+            api.delete(ids)
+        finally:
+            _aio('set-store-option', names.GOLD, POOL_OPTION)
+    log('http %-8s 1 MiB upload %.3f s (median), volume pool of %d'
+        % (POOLED, common.median(ups), POOL_SIZE))
+    return {'small_upload_s': ups}
+
+
 def run_repeat(api, cfg, stores=STORES):
     """One repeat of every HTTP scenario for every store; figures per store."""
     big, conc, small = cfg['http_big'], cfg['conc_size'], MiB
@@ -288,6 +339,9 @@ def run_repeat(api, cfg, stores=STORES):
         out[s]['small_first_byte_s'] = firsts
         log('http %-8s 1 MiB upload %.3f s, download %.3f s (medians)'
             % (s, common.median(ups), common.median(downs)))
+
+    # 1 MiB uploads again, with ours' optional volume pool on
+    out[POOLED] = small_uploads_with_pool(api, cfg)
 
     # 8 concurrent uploads, then 16 concurrent downloads of one of them
     for s in stores:

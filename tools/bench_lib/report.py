@@ -165,6 +165,8 @@ def ratios(fig, cfg):
     # issue 12
     r['http_first_byte_warm_s'] = h('gold', 'first_byte_warm_s')
     r['http_small_upload_latency_s'] = h('gold', 'small_upload_s')
+    # with the optional volume pool (cinder_plus_volume_pool_size = 2)
+    r['http_small_upload_latency_pool_s'] = h('gold_pool', 'small_upload_s')
     r['http_download_warm_vs_file'] = ratio(h('gold', 'download_warm_mbps'),
                                             h('files', 'download_warm_mbps'))
     r['http_download_cold_vs_dd'] = ratio(h('gold', 'download_mbps'),
@@ -265,9 +267,14 @@ def targets(r):
         '>= 1', _ge(r['http_conc_download_vs_file'], 1))
     add('http_conc_upload_vs_file', r['http_conc_upload_vs_file'],
         '>= 0.8', _ge(r['http_conc_upload_vs_file'], 0.8))
-    v = r['http_small_upload_latency_s']
-    add('http_small_upload_latency_s', v, '<= 0.2',
+    # the issue's way to the goal is the optional pool: judged with it on;
+    # the default (no pool) is reported beside it
+    v = r['http_small_upload_latency_pool_s']
+    add('http_small_upload_latency_pool_s', v, '<= 0.2',
         None if v is None else v <= 0.2)
+    v = r['http_small_upload_latency_s']
+    add('http_small_upload_latency_s', v, '<= 0.2 with the pool; '
+        'informational without', None)
     return t
 
 
@@ -382,6 +389,8 @@ def table(fig, r, t, cfg):
         hrow('  glance-api CPU (s per GiB)', 'download_warm_cpu_s_per_gib',
              '%.2f')
         hrow('1 MiB upload latency (s)', 'small_upload_s', '%.3f')
+        row('  ours with a volume pool of 2 (s)',
+            _f(_m(http, 'gold_pool', 'small_upload_s'), '%.3f'), '-', '-')
         hrow('1 MiB download latency (s)', 'small_download_s', '%.3f')
         hrow('%d concurrent uploads of %d MiB, total' % (
             cfg['conc_uploads'], cfg['conc_size'] // MiB),
