@@ -337,7 +337,8 @@ class CinderStore(glance_store.driver.Store):
         return _Reading(holding, transfer.read_range(
             attached.target, offset, length,
             chunk_size=self.store_conf.cinder_plus_io_chunk_size,
-            queue_depth=self.store_conf.cinder_plus_io_queue_depth))
+            queue_depth=self.store_conf.cinder_plus_io_queue_depth,
+            direct=self.store_conf.cinder_plus_direct_reads))
 
     def _check_image_volume(self, volume, location):
         """Refuse a volume that is not an image volume of this store.

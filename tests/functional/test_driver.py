@@ -136,3 +136,25 @@ def test_driver_round_trip_with_unknown_size(store, ctx, cinder):
         assert got.hexdigest() == sha
     finally:
         store.delete(loc, context=ctx)
+
+
+def test_direct_reads_of_a_real_volume(tmp_path, ctx, cinder):
+    """cinder_plus_direct_reads: whole and ranged reads of a fresh device."""
+    store = make_store(tmp_path / 'state', cinder_plus_direct_reads=True)
+    data = bytes(range(256)) * (12 * MiB // 256) + b'tail'
+    image_id = str(uuid.uuid4())
+    url, size, _, _, _ = store.add(image_id, io.BytesIO(data), len(data),
+                                   'sha512', context=ctx)
+    loc = gs_location.get_location_from_uri_and_backend(url, 'gold',
+                                                        conf=store.conf)
+    try:
+        chunks, _ = store.get(loc, context=ctx)
+        assert hashlib.sha256(b''.join(chunks)).digest() == \
+            hashlib.sha256(data).digest()
+        for offset, length in ((1, 5 * MiB), (4096, 4096),
+                               (len(data) - 3, 3)):
+            chunks, _ = store.get(loc, offset=offset, chunk_size=length,
+                                  context=ctx)
+            assert b''.join(chunks) == data[offset:offset + length]
+    finally:
+        store.delete(loc, context=ctx)

@@ -197,21 +197,119 @@ def test_read_closed_early_stops_read_ahead(tmp_path):
                 if t.name == 'gcs-read-ahead']
 
 
-def test_devices_are_read_in_the_callers_thread(tmp_path, monkeypatch):
+def test_reads_stay_in_the_callers_thread(tmp_path, monkeypatch):
     path = tmp_path / 'img'
     data = random_bytes(MiB + 1)
-    path.write_bytes(data)
+    uncached(path, data)
     import threading
     readers = set()
-    real_pread = os.pread
+    real_pread, real_preadv = os.pread, os.preadv
 
     def pread(fd, n, at):
         readers.add(threading.get_ident())
         return real_pread(fd, n, at)
+
+    def preadv(*args):
+        readers.add(threading.get_ident())
+        return real_preadv(*args)
     monkeypatch.setattr(transfer.os, 'pread', pread)
+    monkeypatch.setattr(transfer.os, 'preadv', preadv)
+    for direct in (False, True):
+        assert b''.join(transfer.read_range(str(path), 0, len(data),
+                                            chunk_size=CHUNK,
+                                            direct=direct)) == data
+    assert readers == {threading.get_ident()}
+
+
+def uncached(path, data):
+    """``data`` written to ``path`` and dropped from the page cache."""
+    path.write_bytes(data)
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def count_reads(monkeypatch):
+    """Count buffered reads and O_DIRECT reads."""
+    import fcntl
+    seen = {'buffered': 0, 'direct': 0}
+    real_pread, real_preadv = os.pread, os.preadv
+
+    def pread(fd, n, at):
+        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        seen['buffered'] += 1
+        return real_pread(fd, n, at)
+
+    def preadv(fd, buffers, at, *flags):
+        if not flags:       # not the RWF_NOWAIT probe
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+            seen['direct'] += 1
+        return real_preadv(fd, buffers, at, *flags)
+    monkeypatch.setattr(transfer.os, 'pread', pread)
+    monkeypatch.setattr(transfer.os, 'preadv', preadv)
+    return seen
+
+
+@pytest.mark.parametrize('offset,length', [
+    (0, 5 * MiB), (1, 3 * CHUNK), (CHUNK + 7, MiB + 5), (4096, 4095),
+    (5 * MiB - 3, 3)])
+def test_uncached_data_is_read_with_o_direct(tmp_path, monkeypatch, offset,
+                                             length):
+    data = random_bytes(5 * MiB)
+    path = tmp_path / 'img'
+    uncached(path, data)
+    seen = count_reads(monkeypatch)
+    got = b''.join(transfer.read_range(str(path), offset, length,
+                                       chunk_size=CHUNK, direct=True))
+    assert got == data[offset:offset + length]
+    # at most the unaligned head (up to 4 KiB) is read buffered
+    head = -offset % transfer.ALIGN
+    assert seen['buffered'] == (1 if head else 0), seen
+    assert seen['direct'] >= (1 if length > head else 0), seen
+
+
+def test_cached_data_is_read_from_the_page_cache(tmp_path, monkeypatch):
+    data = random_bytes(2 * MiB)
+    path = tmp_path / 'img'
+    path.write_bytes(data)      # in the page cache
+    seen = count_reads(monkeypatch)
+    assert b''.join(transfer.read_range(str(path), 0, len(data),
+                                        chunk_size=CHUNK,
+                                        direct=True)) == data
+    assert seen['buffered'] >= 1 and seen['direct'] == 0, seen
+
+
+def test_without_direct_every_read_is_buffered(tmp_path, monkeypatch):
+    data = random_bytes(2 * MiB)
+    path = tmp_path / 'img'
+    uncached(path, data)
+    seen = count_reads(monkeypatch)
     assert b''.join(transfer.read_range(str(path), 0, len(data),
                                         chunk_size=CHUNK)) == data
-    assert readers == {threading.get_ident()}
+    assert seen['direct'] == 0, seen
+
+
+def test_a_device_refusing_o_direct_is_read_buffered(tmp_path, monkeypatch):
+    import errno
+    data = random_bytes(MiB + 3)
+    path = tmp_path / 'img'
+    uncached(path, data)
+    real = os.preadv
+    refused = []
+
+    def preadv(fd, buffers, at, *flags):
+        if not flags:
+            refused.append(at)
+            raise OSError(errno.EINVAL, 'no O_DIRECT here')
+        return real(fd, buffers, at, *flags)
+    monkeypatch.setattr(transfer.os, 'preadv', preadv)
+    assert b''.join(transfer.read_range(str(path), 0, len(data),
+                                        chunk_size=CHUNK,
+                                        direct=True)) == data
+    assert refused == [0]       # asked once, then buffered
 
 
 def test_handle_targets(tmp_path):
