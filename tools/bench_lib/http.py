@@ -230,7 +230,7 @@ def _parallel(fns):
 
 
 POOLED = names.GOLD + '_pool'    # figures of gold with its volume pool on
-POOL_SIZE = 2                    # cinder_plus_volume_pool_size, per process
+POOL_SIZE = 4       # cinder_plus_volume_pool_size: 8 uploads on 2 workers
 POOL_OPTION = 'cinder_plus_volume_pool_size'
 
 
@@ -246,37 +246,59 @@ def _pool_volumes(api):
         and v.status == 'in-use']
 
 
-def small_uploads_with_pool(api, cfg):
-    """1 MiB upload latency to gold with a volume pool in every worker.
+def _wait_for_pools(api, workers):
+    try:
+        aio_common.wait_for(
+            lambda: len(_pool_volumes(api)) >= workers * POOL_SIZE, 120,
+            what='volume pools of glance-api attached')
+    except aio_common.TimedOut:
+        log('http gold pool: not every pool filled; measuring anyway')
 
-    Turns the pool on in glance-api.conf (``tools/aio set-store-option``),
-    waits until every worker's pool is attached and ready, measures, and
-    turns it off again: the pool is optional and off by default, and the
-    functional tests expect a cloud without one.
+
+def with_pool(api, cfg):
+    """Uploads to gold with a volume pool in every glance-api worker.
+
+    1 MiB upload latency, then the concurrent uploads.  Turns the pool on
+    in glance-api.conf (``tools/aio set-store-option``), waits until every
+    worker's pool is attached and ready, measures, and turns it off again:
+    the pool is optional and off by default, and the functional tests
+    expect a cloud without one.
     """
     workers = int(os.environ.get('AIO_GLANCE_WORKERS', '2'))
+    out = {}
     _aio('set-store-option', names.GOLD, POOL_OPTION, str(POOL_SIZE))
-    ids, ups = [], []
+    ids = []
     try:
-        try:
-            aio_common.wait_for(
-                lambda: len(_pool_volumes(api)) >= workers * POOL_SIZE, 90,
-                what='volume pools of glance-api attached')
-        except aio_common.TimedOut:
-            log('http gold pool: not every pool filled; measuring anyway')
+        _wait_for_pools(api, workers)
+        ups = []
         for _ in range(cfg.get('small_count', 5)):
             image_id = api.create()
             ids.append(image_id)
             ups.append(api.upload(image_id, MiB, names.GOLD))
             time.sleep(0.5)     # the claimed volume's replacement
+        out['small_upload_s'] = ups
+        _wait_for_pools(api, workers)
+        n_up, conc = cfg['conc_uploads'], cfg['conc_size']
+        clients = [api.client() for _ in range(n_up)]
+        batch = [api.create() for _ in range(n_up)]
+        ids += batch
+        wall, each = _parallel([
+            (lambda i=i: api.upload(batch[i], conc, names.GOLD, clients[i]))
+            for i in range(n_up)])
+        out['conc_upload_wall_s'] = wall
+        out['conc_upload_mbps'] = common.rate(n_up * conc, wall)
+        out['conc_upload_each_s'] = each
     finally:
         try:
             api.delete(ids)
         finally:
             _aio('set-store-option', names.GOLD, POOL_OPTION)
-    log('http %-8s 1 MiB upload %.3f s (median), volume pool of %d'
-        % (POOLED, common.median(ups), POOL_SIZE))
-    return {'small_upload_s': ups}
+    log('http %-8s 1 MiB upload %.3f s (median); %d x %d MiB uploads: '
+        '%.0f MB/s total; volume pool of %d'
+        % (POOLED, common.median(out['small_upload_s']),
+           cfg['conc_uploads'], cfg['conc_size'] // MiB,
+           out.get('conc_upload_mbps') or 0, POOL_SIZE))
+    return out
 
 
 def run_repeat(api, cfg, stores=STORES):
@@ -340,8 +362,6 @@ def run_repeat(api, cfg, stores=STORES):
         log('http %-8s 1 MiB upload %.3f s, download %.3f s (medians)'
             % (s, common.median(ups), common.median(downs)))
 
-    # 1 MiB uploads again, with ours' optional volume pool on
-    out[POOLED] = small_uploads_with_pool(api, cfg)
 
     # 8 concurrent uploads, then 16 concurrent downloads of one of them
     for s in stores:
@@ -367,4 +387,7 @@ def run_repeat(api, cfg, stores=STORES):
                    n_down, out[s]['conc_download_mbps']))
         finally:
             api.delete(ids)
+
+    # uploads again, with ours' optional volume pool on
+    out[POOLED] = with_pool(api, cfg)
     return out
