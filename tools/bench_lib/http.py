@@ -362,7 +362,6 @@ def run_repeat(api, cfg, stores=STORES):
         log('http %-8s 1 MiB upload %.3f s, download %.3f s (medians)'
             % (s, common.median(ups), common.median(downs)))
 
-
     # 8 concurrent uploads, then 16 concurrent downloads of one of them
     for s in stores:
         n_up, n_down = cfg['conc_uploads'], cfg['conc_downloads']
