@@ -83,20 +83,17 @@ How many chunks may be in flight between the reading, hashing and writing
 stages of one transfer.
 """),
     cfg.BoolOpt('cinder_plus_direct_reads',
-                default=False,
+                default=True,
                 help="""
 Read what the host's page cache does not hold with O_DIRECT.
 
 Each chunk of a download is read from the page cache when its first page is
-there; otherwise, with this option, with O_DIRECT into one reused buffer
-instead of through fresh page-cache pages. On the test cloud (a VM, loop
-devices) that made the first download of an image through glance-api about
-1.7x faster at a fifth of the glance-api CPU per GiB, but a re-read of an
-image kept attached (which buffered reads serve from the page cache) about
-30% slower, and the page cache never warms. Off by default; worth it where
-most downloads are first reads and memory is better spent elsewhere. Each
-O_DIRECT read waits for the device (no kernel read-ahead), so measure on
-backends with a high per-request latency. Devices that refuse O_DIRECT are
+there; otherwise with O_DIRECT, a thread reading ahead into a few reused
+buffers, instead of through fresh page-cache pages (which a block device
+drops anyway when its last reader closes it). On the test cloud (a VM, loop
+devices) a 1 GiB download through glance-api ran at about 1200 MB/s instead
+of 400-700 MB/s, at 0.4 s of glance-api CPU instead of 1.2-2.5 s. Turn it
+off to have downloads fill the page cache. Devices that refuse O_DIRECT are
 read buffered either way.
 """),
     cfg.BoolOpt('cinder_plus_skip_zeroes',

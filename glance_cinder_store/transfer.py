@@ -416,16 +416,20 @@ def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
                queue_depth=4, direct=False):
     """Yield ``length`` bytes of ``target`` from ``offset``.
 
-    A device or file is read in the caller's thread, one read per chunk.
-    What the page cache holds is read from it; with ``direct``, the rest
-    with O_DIRECT (``CacheOrDirect``), else buffered with the kernel's
-    read-ahead.  A read-ahead thread of our own made downloads slower and
-    costlier here: each chunk is then allocated in the thread's malloc
-    arena and freed by the caller, so every chunk lands on fresh pages
-    (page faults: 3-4x the CPU per GiB, see doc/source/performance.rst).
-    Handle-only targets (librbd and the like, where a read is a network
-    round trip) keep a read-ahead thread; closing the generator early
-    stops it.
+    A device or file is read buffered in the caller's thread, one ``pread``
+    per chunk, with the kernel's read-ahead.  A read-ahead thread of our
+    own made buffered downloads slower and costlier here: each chunk is
+    then allocated in the thread's malloc arena and freed by the caller,
+    so every chunk lands on fresh pages (page faults: 3-4x the CPU per GiB,
+    see doc/source/performance.rst).
+
+    With ``direct``, what the page cache does not hold is read with
+    O_DIRECT (``CacheOrDirect``): nothing reads ahead for an O_DIRECT read,
+    so a thread reads the device into a ring of ``queue_depth + 2`` aligned
+    buffers, and the caller copies each piece out (the copies are the
+    caller's allocations: no fresh pages).  Handle-only targets (librbd and
+    the like, where a read is a network round trip) keep a read-ahead
+    thread too.  Closing the generator early stops the thread.
     """
     if not isinstance(target, str):
         def pread(n, at):
@@ -437,9 +441,15 @@ def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
         else:
             yield from _read_ahead(pieces, queue_depth)
         return
-    reader = CacheOrDirect(target, chunk_size, direct)
+    reader = CacheOrDirect(target, chunk_size, direct,
+                           buffers=queue_depth + 2)
     try:
-        yield from _pieces(reader.pread, offset, length, chunk_size)
+        if reader.direct_fd is None or threads_are_green():
+            yield from _pieces(reader.pread, offset, length, chunk_size)
+        else:
+            for view in _read_ahead(reader.pieces_in_ring(
+                    offset, length, chunk_size), queue_depth):
+                yield bytes(view)
     finally:
         reader.close()
 
@@ -449,21 +459,21 @@ class CacheOrDirect:
 
     A buffered read of data the cache does not hold fills fresh page-cache
     pages, which on a VM costs more than the read itself (first touch of
-    guest memory: 1.5-2.5 s of CPU per GiB here, against 0.15 s for an
-    O_DIRECT read into a reused buffer plus a copy), and on a new
-    attachment's device nothing is cached.  So each chunk first asks the
-    cache for its first page without waiting for the device
-    (``RWF_NOWAIT``): a hit is read buffered, a miss with O_DIRECT.
-    Without O_DIRECT (a file on tmpfs, say) or ``RWF_NOWAIT`` every read is
-    buffered, with the kernel's read-ahead.
+    guest memory: 1.5-2.5 s of CPU per GiB here, against 0.4 s for O_DIRECT
+    reads into reused buffers plus a copy).  And a device's page cache does
+    not outlive its last open descriptor: between two downloads nothing is
+    cached anyway.  So each chunk first asks the cache for its first page
+    without waiting for the device (``RWF_NOWAIT``): a hit is read
+    buffered, a miss with O_DIRECT.  Without O_DIRECT (a file on tmpfs,
+    say) or ``RWF_NOWAIT`` every read is buffered, with read-ahead.
     """
 
-    def __init__(self, path, chunk_size, direct):
+    def __init__(self, path, chunk_size, direct, buffers=1):
         self.fd = os.open(path, os.O_RDONLY)
         self.direct_fd = None
         self._probe = bytearray(ALIGN)
         self._memory = None
-        self._buffer = None
+        self._ring = []
         if direct and hasattr(os, 'RWF_NOWAIT'):
             try:
                 self.direct_fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
@@ -482,31 +492,52 @@ class CacheOrDirect:
         except OSError:
             pass
         size = -(-max(chunk_size, FIRST_PIECE) // ALIGN) * ALIGN
-        self._memory = mmap.mmap(-1, size)
-        self._buffer = memoryview(self._memory)
+        self._memory = mmap.mmap(-1, size * buffers)
+        whole = memoryview(self._memory)
+        self._ring = [whole[i * size:(i + 1) * size] for i in range(buffers)]
+        whole.release()
 
     def pread(self, n, at):
         """``n`` bytes at ``at`` (fewer up to an aligned offset), as bytes."""
+        if self.direct_fd is None:
+            return os.pread(self.fd, n, at)
+        view = self._ring[0]
+        return bytes(view[:self.read_into(view, n, at)])
+
+    def pieces_in_ring(self, offset, length, chunk_size):
+        """Read the range into the ring of buffers, piece by piece.
+
+        Yields views of the ring: one is overwritten ``len(ring)`` pieces
+        later, so the consumer must be done with it by then (``_read_ahead``
+        keeps it at most ``len(ring) - 2`` pieces behind).
+        """
+        return _pieces(self._into_ring(), offset, length, chunk_size)
+
+    def _into_ring(self):
+        turn = 0
+
+        def pread(n, at):
+            nonlocal turn
+            view = self._ring[turn % len(self._ring)]
+            turn += 1
+            return view[:self.read_into(view, n, at)]
+        return pread
+
+    def read_into(self, view, n, at):
+        """Read at most ``n`` bytes at ``at`` into ``view``; how many."""
         if self.direct_fd is not None:
             if at % ALIGN:
                 n = min(n, ALIGN - at % ALIGN)  # then aligned reads follow
             elif not self._cached(at):
-                data = self._read_direct(n, at)
-                if data is not None:
-                    return data
-        return os.pread(self.fd, n, at)
-
-    def _read_direct(self, n, at):
-        try:
-            got = os.preadv(self.direct_fd,
-                            [self._buffer[:-(-n // ALIGN) * ALIGN]], at)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            # the device refuses O_DIRECT after all: buffered from now on
-            self._close_direct()
-            return None
-        return bytes(self._buffer[:min(n, got)])
+                try:
+                    return min(n, os.preadv(
+                        self.direct_fd, [view[:-(-n // ALIGN) * ALIGN]], at))
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    # the device refuses O_DIRECT after all: buffered
+                    self._close_direct()
+        return os.preadv(self.fd, [view[:n]], at)
 
     def _cached(self, at):
         try:
@@ -528,10 +559,15 @@ class CacheOrDirect:
     def close(self):
         self._close_direct()
         os.close(self.fd)
+        ring, self._ring = self._ring, []
+        for view in ring:
+            view.release()
         if self._memory is not None:
-            self._buffer.release()
-            self._memory.close()
-            self._memory = self._buffer = None
+            try:
+                self._memory.close()
+            except BufferError:
+                pass    # a piece is still referenced: freed with it
+            self._memory = None
 
 
 #: The first piece of a read is small, so its first byte goes out at once.

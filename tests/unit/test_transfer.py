@@ -197,28 +197,43 @@ def test_read_closed_early_stops_read_ahead(tmp_path):
                 if t.name == 'gcs-read-ahead']
 
 
-def test_reads_stay_in_the_callers_thread(tmp_path, monkeypatch):
+def test_buffered_reads_stay_in_the_callers_thread(tmp_path, monkeypatch):
     path = tmp_path / 'img'
     data = random_bytes(MiB + 1)
     uncached(path, data)
     import threading
     readers = set()
-    real_pread, real_preadv = os.pread, os.preadv
+    real_pread = os.pread
 
     def pread(fd, n, at):
         readers.add(threading.get_ident())
         return real_pread(fd, n, at)
+    monkeypatch.setattr(transfer.os, 'pread', pread)
+    assert b''.join(transfer.read_range(str(path), 0, len(data),
+                                        chunk_size=CHUNK)) == data
+    assert readers == {threading.get_ident()}
+
+
+def test_direct_reads_are_read_ahead_into_a_ring(tmp_path, monkeypatch):
+    """A thread reads ahead; each piece is a copy the caller owns."""
+    path = tmp_path / 'img'
+    data = random_bytes(4 * MiB + 5)
+    uncached(path, data)
+    import threading
+    readers = set()
+    real_preadv = os.preadv
 
     def preadv(*args):
         readers.add(threading.get_ident())
         return real_preadv(*args)
-    monkeypatch.setattr(transfer.os, 'pread', pread)
     monkeypatch.setattr(transfer.os, 'preadv', preadv)
-    for direct in (False, True):
-        assert b''.join(transfer.read_range(str(path), 0, len(data),
-                                            chunk_size=CHUNK,
-                                            direct=direct)) == data
-    assert readers == {threading.get_ident()}
+    pieces = list(transfer.read_range(str(path), 0, len(data),
+                                      chunk_size=CHUNK, queue_depth=2,
+                                      direct=True))
+    # all pieces kept until the end: none was overwritten by a later one
+    assert all(type(p) is bytes for p in pieces)
+    assert b''.join(pieces) == data
+    assert threading.get_ident() not in readers
 
 
 def uncached(path, data):
@@ -233,20 +248,19 @@ def uncached(path, data):
 
 
 def count_reads(monkeypatch):
-    """Count buffered reads and O_DIRECT reads."""
+    """Count buffered reads and O_DIRECT reads (not the cache probes)."""
     import fcntl
     seen = {'buffered': 0, 'direct': 0}
     real_pread, real_preadv = os.pread, os.preadv
 
     def pread(fd, n, at):
-        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
         seen['buffered'] += 1
         return real_pread(fd, n, at)
 
     def preadv(fd, buffers, at, *flags):
-        if not flags:       # not the RWF_NOWAIT probe
-            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
-            seen['direct'] += 1
+        if not flags:
+            direct = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+            seen['direct' if direct else 'buffered'] += 1
         return real_preadv(fd, buffers, at, *flags)
     monkeypatch.setattr(transfer.os, 'pread', pread)
     monkeypatch.setattr(transfer.os, 'preadv', preadv)
@@ -294,6 +308,7 @@ def test_without_direct_every_read_is_buffered(tmp_path, monkeypatch):
 
 def test_a_device_refusing_o_direct_is_read_buffered(tmp_path, monkeypatch):
     import errno
+    import fcntl
     data = random_bytes(MiB + 3)
     path = tmp_path / 'img'
     uncached(path, data)
@@ -301,7 +316,7 @@ def test_a_device_refusing_o_direct_is_read_buffered(tmp_path, monkeypatch):
     refused = []
 
     def preadv(fd, buffers, at, *flags):
-        if not flags:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             refused.append(at)
             raise OSError(errno.EINVAL, 'no O_DIRECT here')
         return real(fd, buffers, at, *flags)
@@ -374,3 +389,18 @@ def test_first_piece_is_small_for_a_quick_first_byte(tmp_path):
                                       chunk_size=MiB))
     assert [len(p) for p in pieces][:2] == [transfer.FIRST_PIECE, MiB]
     assert b''.join(pieces) == data
+
+
+def test_direct_reads_under_eventlet_stay_in_the_caller(tmp_path,
+                                                        monkeypatch):
+    path = tmp_path / 'img'
+    data = random_bytes(2 * MiB + 9)
+    uncached(path, data)
+    monkeypatch.setattr(transfer, 'threads_are_green', lambda: True)
+    seen = count_reads(monkeypatch)
+    import threading
+    before = threading.active_count()
+    assert b''.join(transfer.read_range(str(path), 3, len(data) - 3,
+                                        chunk_size=CHUNK,
+                                        direct=True)) == data[3:]
+    assert seen['direct'] >= 1 and threading.active_count() == before
