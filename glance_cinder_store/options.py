@@ -85,15 +85,15 @@ stages of one transfer.
     cfg.BoolOpt('cinder_plus_direct_reads',
                 default=True,
                 help="""
-Read what the host's page cache does not hold with O_DIRECT.
+Read image volumes with O_DIRECT during downloads.
 
-Each chunk of a download is read from the page cache when its first page is
-there; otherwise with O_DIRECT, a thread reading ahead into a few reused
-buffers, instead of through fresh page-cache pages (which a block device
-drops anyway when its last reader closes it). On the test cloud (a VM, loop
-devices) a 1 GiB download through glance-api ran at about 1200 MB/s instead
-of 400-700 MB/s, at 0.4 s of glance-api CPU instead of 1.2-2.5 s. Turn it
-off to have downloads fill the page cache. Devices that refuse O_DIRECT are
+A thread reads ahead into a few reused aligned buffers instead of filling
+fresh page-cache pages, which a block device drops anyway when its last
+reader closes it. On the test cloud (a VM, loop devices) a 1 GiB download
+through glance-api ran at 1050-1500 MB/s instead of 400-700 MB/s, at 0.45
+s of glance-api CPU per GiB instead of 1.2-2.5 s. Concurrent downloads of
+one image share a page cache when read buffered, and were faster without
+this option (see the performance page). Devices that refuse O_DIRECT are
 read buffered either way.
 """),
     cfg.BoolOpt('cinder_plus_skip_zeroes',

@@ -423,8 +423,8 @@ def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
     so every chunk lands on fresh pages (page faults: 3-4x the CPU per GiB,
     see doc/source/performance.rst).
 
-    With ``direct``, what the page cache does not hold is read with
-    O_DIRECT (``CacheOrDirect``): nothing reads ahead for an O_DIRECT read,
+    With ``direct``, the device is read with O_DIRECT (``DeviceReader``;
+    only an unaligned head is read buffered): nothing reads ahead for it,
     so a thread reads the device into a ring of ``queue_depth + 2`` aligned
     buffers, and the caller copies each piece out (the copies are the
     caller's allocations: no fresh pages).  Handle-only targets (librbd and
@@ -441,8 +441,8 @@ def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
         else:
             yield from _read_ahead(pieces, queue_depth)
         return
-    reader = CacheOrDirect(target, chunk_size, direct,
-                           buffers=queue_depth + 2)
+    reader = DeviceReader(target, chunk_size, direct,
+                          buffers=queue_depth + 2)
     try:
         if reader.direct_fd is None or threads_are_green():
             yield from _pieces(reader.pread, offset, length, chunk_size)
@@ -454,27 +454,25 @@ def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
         reader.close()
 
 
-class CacheOrDirect:
-    """Reads from the page cache if it has the data, else O_DIRECT.
+class DeviceReader:
+    """Reads a device buffered, or with O_DIRECT into reused buffers.
 
-    A buffered read of data the cache does not hold fills fresh page-cache
-    pages, which on a VM costs more than the read itself (first touch of
-    guest memory: 1.5-2.5 s of CPU per GiB here, against 0.4 s for O_DIRECT
-    reads into reused buffers plus a copy).  And a device's page cache does
-    not outlive its last open descriptor: between two downloads nothing is
-    cached anyway.  So each chunk first asks the cache for its first page
-    without waiting for the device (``RWF_NOWAIT``): a hit is read
-    buffered, a miss with O_DIRECT.  Without O_DIRECT (a file on tmpfs,
-    say) or ``RWF_NOWAIT`` every read is buffered, with read-ahead.
+    A buffered read fills fresh page-cache pages, which on a VM costs more
+    than the read itself (first touch of guest memory: 1.5-2.5 s of CPU per
+    GiB here, against 0.4 s for O_DIRECT reads into reused buffers plus a
+    copy), and a block device's page cache is dropped when its last reader
+    closes it, so between two downloads nothing stays cached anyway.  No
+    probe of the cache first: ``preadv2(RWF_NOWAIT)`` starts the read of
+    what it misses.  Without O_DIRECT (a file on tmpfs, say) every read is
+    buffered, with the kernel's read-ahead.
     """
 
     def __init__(self, path, chunk_size, direct, buffers=1):
         self.fd = os.open(path, os.O_RDONLY)
         self.direct_fd = None
-        self._probe = bytearray(ALIGN)
         self._memory = None
         self._ring = []
-        if direct and hasattr(os, 'RWF_NOWAIT'):
+        if direct:
             try:
                 self.direct_fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
             except OSError:
@@ -485,14 +483,8 @@ class CacheOrDirect:
             except OSError:
                 pass
             return
-        try:
-            # no kernel read-ahead on the buffered descriptor: it would
-            # pull what O_DIRECT is about to read into the cache
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
-        except OSError:
-            pass
         size = -(-max(chunk_size, FIRST_PIECE) // ALIGN) * ALIGN
-        self._memory = mmap.mmap(-1, size * buffers)
+        self._memory = _spare_rings.take(size * buffers)
         whole = memoryview(self._memory)
         self._ring = [whole[i * size:(i + 1) * size] for i in range(buffers)]
         whole.release()
@@ -528,7 +520,7 @@ class CacheOrDirect:
         if self.direct_fd is not None:
             if at % ALIGN:
                 n = min(n, ALIGN - at % ALIGN)  # then aligned reads follow
-            elif not self._cached(at):
+            else:
                 try:
                     return min(n, os.preadv(
                         self.direct_fd, [view[:-(-n // ALIGN) * ALIGN]], at))
@@ -538,18 +530,6 @@ class CacheOrDirect:
                     # the device refuses O_DIRECT after all: buffered
                     self._close_direct()
         return os.preadv(self.fd, [view[:n]], at)
-
-    def _cached(self, at):
-        try:
-            return os.preadv(self.fd, [self._probe], at,
-                             os.RWF_NOWAIT) > 0
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                return False
-            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                self._close_direct()    # no way to ask: buffered, as ever
-                return True
-            raise
 
     def _close_direct(self):
         fd, self.direct_fd = self.direct_fd, None
@@ -563,11 +543,43 @@ class CacheOrDirect:
         for view in ring:
             view.release()
         if self._memory is not None:
-            try:
-                self._memory.close()
-            except BufferError:
-                pass    # a piece is still referenced: freed with it
+            _spare_rings.give(self._memory)
             self._memory = None
+
+
+class _SpareRings:
+    """Ring memory of finished reads, for the next ones of this process.
+
+    Fresh anonymous memory costs a page fault per page on first touch (on a
+    VM, the dearest part of a read); a few rings kept resident make a
+    download's buffers warm memory, like the rest of the process.
+    """
+
+    KEEP = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._spare = []
+
+    def take(self, size):
+        with self._lock:
+            for i, memory in enumerate(self._spare):
+                if len(memory) == size:
+                    return self._spare.pop(i)
+        return mmap.mmap(-1, size)
+
+    def give(self, memory):
+        with self._lock:
+            if len(self._spare) < self.KEEP:
+                self._spare.append(memory)
+                return
+        try:
+            memory.close()
+        except BufferError:
+            pass    # a piece is still referenced: freed with it
+
+
+_spare_rings = _SpareRings()
 
 
 #: The first piece of a read is small, so its first byte goes out at once.
