@@ -186,14 +186,15 @@ class CinderStore(glance_store.driver.Store):
             metadata['image_owner'] = context.project_id
         size_gb = max(1, math.ceil(image_size / units.Gi))
         mark = holders.UploadMark.mine()
-        marked = dict(metadata, **{UPLOAD_MARK: mark.format()})
         claimed = None
         if self._pool is not None:
             claimed = self._pool.claim(size_gb)
         if claimed is not None:
             volume = claimed.volume     # renamed image-<id> once written
         else:
-            volume = self._create_volume(volumes, name, size_gb, marked)
+            volume = self._create_volume(
+                volumes, name, size_gb,
+                dict(metadata, **{UPLOAD_MARK: mark.format()}))
         heartbeat = holders.Heartbeat(
             mark, lambda text: volumes.set_metadata(volume,
                                                     {UPLOAD_MARK: text}),

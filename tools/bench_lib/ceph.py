@@ -41,7 +41,9 @@ def _child(driver, size, out_path):
     from oslo_concurrency import lockutils
 
     from bench_lib import driver as drv
-    workdir = tempfile.mkdtemp(prefix='gcs-bench-ceph-')
+    # inside the parent's work folder, which tools/bench removes
+    workdir = tempfile.mkdtemp(prefix='ceph-%s-' % driver,
+                               dir=os.path.dirname(out_path))
     lockutils.set_defaults(lock_path=os.path.join(workdir, 'locks'))
     backend = STORES[driver]
     conf = drv._load_conf()
