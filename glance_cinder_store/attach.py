@@ -30,8 +30,10 @@ from oslo_concurrency import lockutils
 from glance_cinder_store import connectors
 from glance_cinder_store.connectors import base as connector_base
 from glance_cinder_store import holders
+from glance_cinder_store import keepers
 from glance_cinder_store import privileged
 from glance_cinder_store.privileged import access
+from glance_cinder_store import transfer
 from glance_cinder_store import warm
 
 LOG = logging.getLogger(__name__)
@@ -111,6 +113,9 @@ class Attached:
     mode: str
     connection: connector_base.Connection
     device_info: dict
+    #: a reader: the device's page cache is kept and was read before, so
+    #: a buffered read finds (or leaves) the image in memory
+    page_cached: bool = False
     _target: object = dataclasses.field(default=None, repr=False)
 
     @property
@@ -152,6 +157,11 @@ class HostAttachments:
             conf.cinder_plus_warm_attachments, self.grace,
             conf.cinder_plus_warm_check_interval, self._evict_idle,
             self._released_elsewhere)
+        self.keep_page_cache = (conf.cinder_plus_keep_page_cache and
+                                self.warm.enabled and
+                                not transfer.threads_are_green())
+        self.keepers = keepers.for_state_dir(conf.cinder_plus_state_dir,
+                                             on_request=self.warm.forget)
 
     # -- building blocks ------------------------------------------------
 
@@ -199,8 +209,14 @@ class HostAttachments:
                 # on every open, shared or new: is the device the volume?
                 connection.check_identity(record.device_info,
                                           record.device_id, volume.id)
+            page_cached = False
+            if (mode == 'ro' and connection.local_path and
+                    self.keep_page_cache):
+                self.keepers.keep(volume.id, record.device_path)
+                page_cached = (record.reads > 1 and
+                               self.keepers.holds(volume.id))
             attached = Attached(volume.id, mode, connection,
-                                record.device_info)
+                                record.device_info, page_cached)
             yield attached
             done = True
         finally:
@@ -359,6 +375,7 @@ class HostAttachments:
                         record.state == holders.ATTACHED):
                     record.holders.append(me)
                     record.idle_since = None
+                    record.reads += 1
                     self.records.save(record)
                     self.warm.take(volume.id)
                     return record
@@ -381,7 +398,8 @@ class HostAttachments:
                                 holders=[me], boot=me.boot,
                                 guard=connector_base.guard_of(volume),
                                 volume=(volume_fields(volume)
-                                        if mode == 'ro' else None))
+                                        if mode == 'ro' else None),
+                                reads=1 if mode == 'ro' else 0)
         self.records.save(record)
         pause_point('attaching')
         try:
@@ -433,6 +451,7 @@ class HostAttachments:
 
     def _evict_idle(self, volume_id, volumes, force):
         """Detach an idle attachment (unless another process re-used it)."""
+        self.keepers.drop(volume_id)
         return self._detach_unused(volumes, volume_id,
                                    spare_lingering=not force)
 
@@ -452,6 +471,9 @@ class HostAttachments:
             record.state = holders.DETACHING
             record.holders = []
             self.records.save(record)
+            if record.mode == 'ro':
+                self.keepers.let_go_everywhere(record.volume_id,
+                                               record.device_path)
             pause_point('detaching')
             self._remove_device(volumes, record)
             record.state = holders.DETACHED

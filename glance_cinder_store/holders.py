@@ -174,6 +174,7 @@ class Record:
     stripped: bool = False         # secrets were left out of the file
     boot: str = None               # the boot it was made in
     volume: dict = None            # what readers need of the volume (ro)
+    reads: int = 0                 # readers that joined since the attach
 
     @property
     def device_path(self):

@@ -339,7 +339,8 @@ class CinderStore(glance_store.driver.Store):
             attached.target, offset, length,
             chunk_size=self.store_conf.cinder_plus_io_chunk_size,
             queue_depth=self.store_conf.cinder_plus_io_queue_depth,
-            direct=self.store_conf.cinder_plus_direct_reads))
+            direct=(self.store_conf.cinder_plus_direct_reads and
+                    not attached.page_cached)))
 
     def _check_image_volume(self, volume, location):
         """Refuse a volume that is not an image volume of this store.

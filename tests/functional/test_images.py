@@ -180,3 +180,54 @@ def test_glance_runs_as_a_non_root_user():
     if not owners:
         pytest.skip('glance-api is not running on this host')
     assert 0 not in owners
+
+
+def _processes_with_open(device):
+    """Pids that have ``device`` open (we run as root: we see them all)."""
+    real = os.path.realpath(device)
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            fds = os.listdir('/proc/%s/fd' % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink('/proc/%s/fd/%s' % (pid, fd)) == real:
+                    found.append(int(pid))
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def test_warm_image_page_cache_is_kept_and_let_go_for_a_delete(
+        glance, cinder, images, admin, glance_url):
+    """Idle workers keep a warm device open; a delete makes them let go.
+
+    cinder_plus_keep_page_cache: the delete's worker asks every other
+    worker that keeps the device before the detach.
+    """
+    from tests.functional import test_faults
+    data = pattern(9 * MiB + 5)
+    image = upload(glance, images, data)
+    vol = fx.image_volume(cinder, image.id)
+    workers = set(test_faults.glance_workers())
+    # Downloads land on either uwsgi worker: read until both kept it open
+    # (or enough reads that one would have).
+    keepers = set()
+    for _ in range(12):
+        resp = http_get(admin, glance_url, image.id)
+        assert resp.status_code == 200 and resp.content == data
+        (device,) = fx.loops_of(vol.id)
+        keepers = set(_processes_with_open(device))
+        if len(keepers & workers) >= 2:
+            break
+    # nobody reads now, and yet glance-api workers hold the device open
+    assert keepers and keepers <= workers, (keepers, workers)
+    glance.images.delete(image.id)
+    fx.wait_gone(cinder, vol.id)
+    # every keeper closed it before the detach: Cinder's losetup --detach
+    # freed the loop device at once, not when some worker let go later
+    assert not fx.loops_of(vol.id)
+    assert not _processes_with_open(device)

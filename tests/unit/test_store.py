@@ -597,3 +597,24 @@ def test_a_writer_whose_detach_fails_fails_the_add_clearly(store, cinder):
                        match='attachment .* is not deleted'):
         store.add('img-1', io.BytesIO(b'x' * 1000), 1000, 'sha256')
     assert 'set_readonly' not in [c[0] for c in cinder.calls]
+
+
+def test_second_download_of_a_warm_image_reads_the_page_cache(
+        make_store, cinder, context, monkeypatch):
+    """The first read of an attachment is direct, later ones buffered."""
+    store = make_store(cinder_plus_attach_grace_period=60)
+    data = data_of(1024 * 1024 + 5)
+    loc = _stored(store, context, data)
+    modes = []
+    real = store_mod.transfer.read_range
+
+    def read_range(target, offset, length, **kw):
+        modes.append(kw['direct'])
+        return real(target, offset, length, **kw)
+    monkeypatch.setattr(store_mod.transfer, 'read_range', read_range)
+    for _ in range(3):
+        it, _ = store.get(loc, context=context)
+        assert b''.join(it) == data
+    assert modes == [True, False, False]
+    store.attachments.warm.close()
+    no_leaks(cinder)
