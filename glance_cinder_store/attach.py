@@ -17,6 +17,7 @@ leave the device alone if there is one.
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -197,8 +198,13 @@ class HostAttachments:
     # -- public API ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def attach(self, volumes, volume, mode):
-        """Attach ``volume`` ('ro' shared or 'rw' exclusive) for the block."""
+    def attach(self, volumes, volume, mode, fill_bytes=0):
+        """Attach ``volume`` ('ro' shared or 'rw' exclusive) for the block.
+
+        ``fill_bytes``: a reader's image size; if the block read the device
+        uncached and the attachment stays warm, that much of it is brought
+        into the page cache afterwards, in the background.
+        """
         me = holders.Holder.me()
         record = self._acquire(volumes, volume, mode, me)
         attached = None
@@ -213,12 +219,13 @@ class HostAttachments:
             if (mode == 'ro' and connection.local_path and
                     self.keep_page_cache):
                 self.keepers.keep(volume.id, record.device_path)
-                page_cached = (record.reads > 1 and
-                               self.keepers.holds(volume.id))
+                page_cached = self._reads_page_cache(record, volume.id,
+                                                     fill_bytes)
             attached = Attached(volume.id, mode, connection,
                                 record.device_info, page_cached)
             yield attached
             done = True
+            fill_bytes = 0 if page_cached else fill_bytes
         finally:
             if attached is not None:
                 attached.close()
@@ -232,6 +239,43 @@ class HostAttachments:
                 # detached before it can be made read-only and used.
                 if mode == 'rw' and done:
                     raise
+            if done and fill_bytes and mode == 'ro':
+                self.keepers.fill(                  # if still kept
+                    volume.id, fill_bytes,
+                    busy=functools.partial(self._being_read, volume.id),
+                    done=functools.partial(self._filled, volume.id,
+                                           record.attachment_id))
+
+    def _being_read(self, volume_id):
+        """Whether a process of this host holds the attachment right now."""
+        record = self.records.load(volume_id)
+        return record is not None and bool(record.holders)
+
+    def _filled(self, volume_id, attachment_id):
+        """Record that the attachment's image is in the page cache.
+
+        For every process of the host: the page cache is the device's.
+        """
+        with self.lock(volume_id):
+            record = self.records.load(volume_id)
+            if (record is not None and record.state == holders.ATTACHED and
+                    record.attachment_id == attachment_id):
+                record.in_page_cache = True
+                self.records.save(record)
+
+    def _reads_page_cache(self, record, volume_id, image_bytes):
+        """Whether a reader that joined ``record`` should read buffered.
+
+        Not the first read of the attachment: that one reads direct and
+        fills the page cache afterwards.  Later ones read buffered when
+        others read the device at the same time (they share what each
+        brings in) or when the fill is done; while it is still running, a
+        direct read is faster than waiting for it.
+        """
+        if record.reads < 2 or not self.keepers.holds(volume_id):
+            return False
+        return (len(record.holders) > 1 or not image_bytes or
+                record.in_page_cache)
 
     def warm_volume(self, volume_id):
         """The volume of a read-only attachment kept on this host, or None.

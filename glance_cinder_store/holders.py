@@ -175,6 +175,7 @@ class Record:
     boot: str = None               # the boot it was made in
     volume: dict = None            # what readers need of the volume (ro)
     reads: int = 0                 # readers that joined since the attach
+    in_page_cache: bool = False    # a keeper's fill read the whole image
 
     @property
     def device_path(self):

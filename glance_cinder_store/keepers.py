@@ -15,6 +15,12 @@ keeping process listens on a FIFO named after its pid in
 ``<state dir>/keepers``; a request is the volume id, one per line.  A
 process that dies closes its descriptors with it; its FIFO then has no
 reader and is removed by the next process that finds it so.
+
+A keeper also fills the page cache once the first (direct) read of its
+attachment is done: a thread reads the image through the kept descriptor
+at low priority and pausing while anyone reads the volume, so a later
+download reads memory instead of paying for the fill itself.  Letting go
+stops the fill first.
 """
 
 import atexit
@@ -33,7 +39,14 @@ LET_GO_TIMEOUT = 5.0
 #: How long to wait for a process whose descriptors we cannot list.
 UNSEEN_GRACE = 0.2
 _POLL = 0.005
+#: Bytes a fill reads per call: how long letting go waits for it at most.
+FILL_CHUNK = 4 * 1024 * 1024
+#: Niceness of a filling thread: requests come first.
+FILL_NICE = 10
+#: How often a fill that yields to readers looks again.
+FILL_YIELD = 0.05
 _shared = {}                    # real state dir -> Keepers
+
 _shared_lock = threading.Lock()
 
 
@@ -54,6 +67,25 @@ def for_state_dir(state_dir, on_request=None):
     return keepers
 
 
+class _Kept:
+    """One kept device: its descriptor and, while it runs, its fill."""
+
+    def __init__(self, path, fd):
+        self.path = path
+        self.fd = fd
+        self.filling = None         # the fill's thread, once started
+        self.stop = threading.Event()
+        self.reading = threading.Event()   # set when the fill stops reading
+
+    def close(self):
+        self.stop.set()
+        if self.filling is not None:
+            # at most one FILL_CHUNK read; not the whole thread: its done()
+            # takes the volume's lock, which our caller may hold
+            self.reading.wait()
+        os.close(self.fd)
+
+
 class Keepers:
     """This process's keepers, and the asking of other processes' keepers.
 
@@ -65,7 +97,7 @@ class Keepers:
         self.dir = os.path.join(state_dir, 'keepers')
         self.enabled = True
         self.on_request = []
-        self._fds = {}              # volume id -> (device path, fd)
+        self._kept = {}             # volume id -> _Kept
         self._lock = threading.Lock()
         self._pid = None
         self._listening = False
@@ -78,7 +110,7 @@ class Keepers:
             return
         with self._lock:
             self._forget_parent()
-            if volume_id in self._fds:
+            if volume_id in self._kept:
                 return
             if not self._listen():
                 return
@@ -88,32 +120,51 @@ class Keepers:
                 LOG.debug('volume %s: cannot keep %s open (%s)',
                           volume_id, path, e)
                 return
-            self._fds[volume_id] = (path, fd)
+            self._kept[volume_id] = _Kept(path, fd)
 
     def holds(self, volume_id):
         with self._lock:
             self._forget_parent()
-            return volume_id in self._fds
+            return volume_id in self._kept
+
+    def fill(self, volume_id, size, busy=None, done=None):
+        """Read ``size`` bytes of the kept device into the page cache.
+
+        In a thread of its own, once per keeper; returns at once.  While
+        ``busy()`` is true (someone reads the volume) the fill waits: a
+        reader that finds the fill not done reads direct, at full speed,
+        rather than compete with it.  ``done()`` is called when the whole
+        image has been read (not when the fill is stopped).
+        """
+        with self._lock:
+            self._forget_parent()
+            kept = self._kept.get(volume_id)
+            if kept is None or kept.filling is not None:
+                return
+            kept.filling = threading.Thread(
+                target=_fill, args=(volume_id, kept, size, busy, done),
+                name='gcs-fill-%s' % volume_id[:8], daemon=True)
+            kept.filling.start()
 
     def drop(self, volume_id):
         """Close this process's keeper of ``volume_id``, if any."""
         with self._lock:
             self._forget_parent()
-            entry = self._fds.pop(volume_id, None)
-        if entry is not None:
-            os.close(entry[1])
+            kept = self._kept.pop(volume_id, None)
+        if kept is not None:
+            kept.close()
 
     def _forget_parent(self):
         # A forked child inherits the parent's descriptors but not its
         # listener: close them, or a detach would never hear from them.
         if self._pid != os.getpid():
             if self._pid is not None:
-                for _, fd in self._fds.values():
+                for kept in self._kept.values():
                     try:
-                        os.close(fd)
+                        os.close(kept.fd)   # no fill runs in a child
                     except OSError:
                         pass
-                self._fds.clear()
+                self._kept.clear()
                 self._listening = False
             self._pid = os.getpid()
 
@@ -241,11 +292,62 @@ class Keepers:
     def close(self):
         """Close every keeper of this process (at exit, or in tests)."""
         with self._lock:
-            entries = list(self._fds.values()) if self._pid == os.getpid() \
+            entries = list(self._kept.values()) if self._pid == os.getpid() \
                 else []
-            self._fds.clear()
-        for _, fd in entries:
-            os.close(fd)
+            self._kept.clear()
+        for kept in entries:
+            kept.close()
+
+
+def _fill(volume_id, kept, size, busy, done):
+    """Read the device through the page cache until done or stopped."""
+    try:
+        read = _fill_pages(volume_id, kept, size, busy)
+    finally:
+        kept.reading.set()
+    if read is not None and done is not None and not kept.stop.is_set():
+        try:
+            done()
+        except Exception:
+            LOG.exception('volume %s: recording the filled page cache '
+                          'failed', volume_id)
+
+
+def _fill_pages(volume_id, kept, size, busy):
+    """Bytes read, None if a read failed; stops early when asked."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FILL_NICE)
+    except OSError:
+        pass                        # best effort: a thread's own niceness
+    buf = bytearray(FILL_CHUNK)
+    offset = 0
+    started = time.monotonic()
+    try:
+        while offset < size and not kept.stop.is_set():
+            if busy is not None and _asks_to_wait(busy, volume_id):
+                kept.stop.wait(FILL_YIELD)
+                continue
+            got = os.preadv(kept.fd, [buf], offset)
+            if not got:
+                break
+            offset += got
+    except OSError as e:
+        LOG.debug('volume %s: filling the page cache stopped (%s)',
+                  volume_id, e)
+        return None
+    LOG.debug('volume %s: %d bytes in the page cache in %.2f s%s',
+              volume_id, offset, time.monotonic() - started,
+              ' (stopped)' if kept.stop.is_set() else '')
+    return offset
+
+
+def _asks_to_wait(busy, volume_id):
+    try:
+        return busy()
+    except Exception as e:
+        LOG.debug('volume %s: cannot tell whether it is read (%s); '
+                  'filling on', volume_id, e)
+        return False
 
 
 def _has_open(pid, path):

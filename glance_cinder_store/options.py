@@ -92,8 +92,8 @@ fresh page-cache pages. On the test cloud (a VM, loop devices) a first 1 GiB
 download through glance-api ran at 900-1000 MB/s instead of about 400 MB/s,
 at 0.4 s of glance-api CPU per GiB instead of 2.4 s. Later downloads of a
 warm attachment whose page cache is kept (``cinder_plus_keep_page_cache``)
-are read buffered, from memory. Devices that refuse O_DIRECT are read
-buffered either way.
+are read buffered, from memory, once the image is there. Devices that refuse
+O_DIRECT are read buffered either way.
 """),
     cfg.BoolOpt('cinder_plus_keep_page_cache',
                 default=True,
@@ -102,12 +102,14 @@ Keep the page cache of warm read-only attachments.
 
 Linux drops a block device's page cache when its last descriptor closes, so
 each glance-api process keeps one descriptor open on the device of every
-attachment it holds or keeps warm (``cinder_plus_warm_attachments``). The
-second download of a warm image fills the cache, later ones (from any
-glance-api process of the host, concurrent or not) read from memory like
-Glance's file store. The memory is ordinary page cache, reclaimed under
-pressure. A detach on this host first asks every process that keeps the
-device to close it, and waits at most 5 seconds. Needs native threads (off
+attachment it holds or keeps warm (``cinder_plus_warm_attachments``). After
+the first (direct) download of an attachment, a low-priority thread reads the
+image once more through that descriptor, filling the cache in the background;
+later downloads (from any glance-api process of the host, concurrent or not)
+then read from memory like Glance's file store. The memory is ordinary page
+cache, reclaimed under pressure: at most the images of the warm attachments.
+A detach on this host first asks every process that keeps the device to close
+it, and waits at most 5 seconds. Needs native threads (off
 under eventlet) and the warm attachment cache.
 """),
     cfg.BoolOpt('cinder_plus_skip_zeroes',

@@ -333,14 +333,15 @@ class CinderStore(glance_store.driver.Store):
         if length == 0:
             return iter(())
         holding = contextlib.ExitStack()
-        attached = holding.enter_context(
-            self.attachments.attach(volumes, volume, 'ro'))
+        direct = self.store_conf.cinder_plus_direct_reads
+        attached = holding.enter_context(self.attachments.attach(
+            volumes, volume, 'ro',
+            fill_bytes=image_size(volume) if direct else 0))
         return _Reading(holding, transfer.read_range(
             attached.target, offset, length,
             chunk_size=self.store_conf.cinder_plus_io_chunk_size,
             queue_depth=self.store_conf.cinder_plus_io_queue_depth,
-            direct=(self.store_conf.cinder_plus_direct_reads and
-                    not attached.page_cached)))
+            direct=direct and not attached.page_cached))
 
     def _check_image_volume(self, volume, location):
         """Refuse a volume that is not an image volume of this store.

@@ -2,7 +2,9 @@
 
 import hashlib
 import io
+import json
 import os
+import time
 
 import pytest
 
@@ -231,3 +233,31 @@ def test_warm_image_page_cache_is_kept_and_let_go_for_a_delete(
     # freed the loop device at once, not when some worker let go later
     assert not fx.loops_of(vol.id)
     assert not _processes_with_open(device)
+
+
+def _record_of(volume_id):
+    path = os.path.join(fx.AIO_ROOT, 'data', 'glance', 'cinder-plus',
+                        'attachments', volume_id + '.json')
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_first_download_fills_the_page_cache_in_the_background(
+        glance, cinder, images, admin, glance_url):
+    """After the first (direct) read the image is read into memory."""
+    data = pattern(33 * MiB + 5)
+    image = upload(glance, images, data)
+    vol = fx.image_volume(cinder, image.id)
+    resp = http_get(admin, glance_url, image.id)
+    assert resp.status_code == 200 and resp.content == data
+    for _ in range(200):
+        if _record_of(vol.id).get('in_page_cache'):
+            break
+        time.sleep(0.05)
+    record = _record_of(vol.id)
+    assert record['in_page_cache'] and record['reads'] == 1, record
+    resp = http_get(admin, glance_url, image.id)
+    assert resp.status_code == 200 and resp.content == data
+    glance.images.delete(image.id)
+    fx.wait_gone(cinder, vol.id)
+    assert not fx.loops_of(vol.id)

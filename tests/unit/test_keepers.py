@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_keep_holds_one_descriptor_until_dropped(tmp_path, device):
     k.keep('vol-1', device)
     assert k.holds('vol-1')
     assert keepers._has_open(os.getpid(), device)
-    assert len(k._fds) == 1
+    assert len(k._kept) == 1
     k.drop('vol-1')
     assert not k.holds('vol-1')
     assert not keepers._has_open(os.getpid(), device)
@@ -186,3 +187,160 @@ def test_descriptors_close_before_the_device_is_disconnected(
     assert host.release_idle(cinder, volume.id)     # a delete, say
     assert seen == [False]
     assert cinder.attachments == {}
+
+
+def _count_reads(monkeypatch, delay=0.0):
+    """Record the (offset, bytes) of every fill read; optionally slow."""
+    reads = []
+    real = os.preadv
+
+    def preadv(fd, buffers, offset):
+        time.sleep(delay)
+        got = real(fd, buffers, offset)
+        reads.append((offset, got))
+        return got
+    monkeypatch.setattr(keepers.os, 'preadv', preadv)
+    return reads
+
+
+def test_fill_reads_the_image_once_in_the_background(tmp_path, monkeypatch):
+    path = tmp_path / 'device'
+    path.write_bytes(b'y' * (3 * keepers.FILL_CHUNK))
+    reads = _count_reads(monkeypatch)
+    k = keepers.Keepers(str(tmp_path))
+    k.fill('vol-1', 100)                    # nothing kept: nothing to fill
+    k.keep('vol-1', str(path))
+    k.fill('vol-1', keepers.FILL_CHUNK + 1)
+    k.fill('vol-1', keepers.FILL_CHUNK + 1)     # once per keeper
+    k._kept['vol-1'].filling.join(5)
+    assert reads == [(0, keepers.FILL_CHUNK),
+                     (keepers.FILL_CHUNK, keepers.FILL_CHUNK)]
+    assert k.holds('vol-1')                 # the fill leaves it kept
+    k.drop('vol-1')
+    assert not keepers._has_open(os.getpid(), str(path))
+
+
+def test_letting_go_stops_a_fill_first(tmp_path, device, monkeypatch):
+    reads = _count_reads(monkeypatch, delay=0.02)
+    k = keepers.Keepers(str(tmp_path))
+    k.keep('vol-1', device)
+    k.fill('vol-1', 1 << 40)                # would take hours
+    filling = k._kept['vol-1'].filling
+    time.sleep(0.1)
+    started = time.monotonic()
+    k.let_go_everywhere('vol-1', device)
+    assert time.monotonic() - started < 1
+    assert not filling.is_alive()
+    assert 0 < len(reads) < 50
+    assert not keepers._has_open(os.getpid(), device)
+
+
+def _fills_of(host, monkeypatch):
+    """Record the keepers' fills instead of running them."""
+    fills = []
+    monkeypatch.setattr(host.keepers, 'fill',
+                        lambda vol, size, busy, done: fills.append(
+                            types.SimpleNamespace(volume_id=vol, size=size,
+                                                  busy=busy, done=done)))
+    return fills
+
+
+def test_an_uncached_read_fills_the_page_cache_of_a_warm_attachment(
+        make_store, cinder, volume, monkeypatch):
+    host = make_host(make_store)
+    fills = _fills_of(host, monkeypatch)
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234):
+        pass                                # direct: fill afterwards
+    assert [(f.volume_id, f.size) for f in fills] == [(volume.id, 1234)]
+    fills[0].done()
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234) as second:
+        assert second.page_cached           # filled: no second fill
+    assert len(fills) == 1
+    with pytest.raises(RuntimeError):
+        with host.attach(cinder, volume, 'ro', fill_bytes=1234):
+            raise RuntimeError('a failed read fills nothing')
+    assert len(fills) == 1
+    assert host.release_idle(cinder, volume.id)
+
+
+def test_a_reader_does_not_wait_for_a_running_fill(make_store, cinder,
+                                                   volume, monkeypatch):
+    """Alone on an idle attachment whose fill is not done: read direct."""
+    host = make_host(make_store)
+    fills = _fills_of(host, monkeypatch)
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234):
+        pass
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234) as second:
+        assert not second.page_cached           # the fill still runs
+        with host.attach(cinder, volume, 'ro', fill_bytes=1234) as third:
+            assert third.page_cached            # reads alongside: share
+    fills[0].done()                             # the fill is done
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234) as fourth:
+        assert fourth.page_cached
+    assert host.release_idle(cinder, volume.id)
+
+
+def test_a_fill_done_after_the_detach_marks_no_later_attachment(
+        make_store, cinder, volume, monkeypatch):
+    host = make_host(make_store)
+    fills = _fills_of(host, monkeypatch)
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234):
+        pass
+    assert host.release_idle(cinder, volume.id)
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234):
+        pass                                    # a new attachment
+    fills[0].done()                             # the old one's, late
+    assert not host.records.load(volume.id).in_page_cache
+    fills[1].done()
+    assert host.records.load(volume.id).in_page_cache
+    assert host.release_idle(cinder, volume.id)
+
+
+def test_a_fill_reports_done_only_when_it_read_everything(
+        tmp_path, monkeypatch):
+    path = tmp_path / 'device'
+    path.write_bytes(b'y' * (2 * keepers.FILL_CHUNK))
+    k = keepers.Keepers(str(tmp_path))
+    k.keep('vol-1', str(path))
+    done = []
+    k.fill('vol-1', 2 * keepers.FILL_CHUNK, done=lambda: done.append(1))
+    k._kept['vol-1'].filling.join(5)
+    assert done == [1]
+    k.drop('vol-1')
+    _count_reads(monkeypatch, delay=0.2)
+    k.keep('vol-1', str(path))
+    k.fill('vol-1', 2 * keepers.FILL_CHUNK, done=lambda: done.append(2))
+    time.sleep(0.1)
+    k.drop('vol-1')                             # stopped: not done
+    assert done == [1]
+
+
+def test_a_fill_waits_while_the_volume_is_read(tmp_path, monkeypatch):
+    path = tmp_path / 'device'
+    path.write_bytes(b'y' * (2 * keepers.FILL_CHUNK))
+    reads = _count_reads(monkeypatch)
+    k = keepers.Keepers(str(tmp_path))
+    k.keep('vol-1', str(path))
+    reading = [True]
+    k.fill('vol-1', 2 * keepers.FILL_CHUNK, busy=lambda: reading[0])
+    time.sleep(5 * keepers.FILL_YIELD)
+    assert reads == []                      # a download runs: wait
+    reading[0] = False
+    k._kept['vol-1'].filling.join(5)
+    assert len(reads) == 2
+    k.drop('vol-1')
+
+
+def test_the_fill_asks_the_hosts_record_whether_anyone_reads(
+        make_store, cinder, volume, monkeypatch):
+    host = make_host(make_store)
+    fills = _fills_of(host, monkeypatch)
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234):
+        pass
+    busy = fills[0].busy
+    assert busy() is False                  # idle and warm: fill
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234):
+        assert busy() is True               # a download runs: wait
+    assert busy() is False
+    assert host.release_idle(cinder, volume.id)
+    assert busy() is False                  # gone: the fill is stopped

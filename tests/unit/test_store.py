@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import time
 
 from glance_store import exceptions
 from glance_store import location as gs_location
@@ -601,7 +602,7 @@ def test_a_writer_whose_detach_fails_fails_the_add_clearly(store, cinder):
 
 def test_second_download_of_a_warm_image_reads_the_page_cache(
         make_store, cinder, context, monkeypatch):
-    """The first read of an attachment is direct, later ones buffered."""
+    """A first read is direct and fills the cache; later ones read it."""
     store = make_store(cinder_plus_attach_grace_period=60)
     data = data_of(1024 * 1024 + 5)
     loc = _stored(store, context, data)
@@ -612,9 +613,14 @@ def test_second_download_of_a_warm_image_reads_the_page_cache(
         modes.append(kw['direct'])
         return real(target, offset, length, **kw)
     monkeypatch.setattr(store_mod.transfer, 'read_range', read_range)
+    volume_id = loc.store_location.volume_id
     for _ in range(3):
         it, _ = store.get(loc, context=context)
         assert b''.join(it) == data
+        for _ in range(500):    # the fill after the first read, in a thread
+            if store.attachments.records.load(volume_id).in_page_cache:
+                break
+            time.sleep(0.01)
     assert modes == [True, False, False]
     store.attachments.warm.close()
     no_leaks(cinder)
