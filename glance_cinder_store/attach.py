@@ -153,7 +153,7 @@ class HostAttachments:
                              if wait_timeout is None else wait_timeout)
         self._props = None
         self._secrets = {}          # attachment id -> full connection info
-        connector_base.setup_os_brick()
+        connector_base.setup_os_brick(self.lock_dir)
         self.warm = warm.WarmCache(
             conf.cinder_plus_warm_attachments, self.grace,
             conf.cinder_plus_warm_check_interval, self._evict_idle,

@@ -171,20 +171,29 @@ class LocalConnection(Connection):
 _brick_ready = []
 
 
-def setup_os_brick():
+def setup_os_brick(fallback_lock_path):
     """os_brick.setup() once per process, as nova and cinder do.
 
     It points os-brick's external locks at ``[os_brick] lock_path`` (by
     default ``[oslo_concurrency] lock_path``), shared with nova and cinder
-    on this host.
+    on this host.  os-brick's connection guard (a volume with shared
+    targets, or one Cinder has not said it of yet) locks in
+    ``[oslo_concurrency] lock_path`` and fails without one: then our own
+    lock folder stands in, so attaching works, with a warning.
     """
     if _brick_ready:
         return
+    _brick_ready.append(True)
+    if not cfg.CONF.oslo_concurrency.lock_path:
+        LOG.warning('[oslo_concurrency] lock_path is not set: os-brick locks '
+                    'in %s, not shared with nova or cinder on this host; set '
+                    'it to theirs', fallback_lock_path)
+        cfg.CONF.set_default('lock_path', fallback_lock_path,
+                             group='oslo_concurrency')
     try:
         os_brick.setup(cfg.CONF)
     except cfg.Error as e:
         LOG.warning('os_brick.setup: %s', e)
-    _brick_ready.append(True)
 
 
 def guard_of(volume):

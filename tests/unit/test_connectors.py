@@ -1,5 +1,6 @@
 """Protocols this kernel lacks, at the os-brick boundary (mocked)."""
 
+import os
 from unittest import mock
 
 from glance_store import exceptions
@@ -88,3 +89,32 @@ def test_rbd_with_local_attach_is_a_device(factory):
     assert conn.connect() == {'type': 'block', 'path': '/dev/sdx'}
     assert conn.open_target({'path': '/dev/rbd0'}, writable=False) == (
         '/dev/rbd0')
+
+
+def test_without_a_lock_path_os_brick_locks_in_our_folder(tmp_path,
+                                                          monkeypatch):
+    """os-brick's guard needs [oslo_concurrency] lock_path; none set."""
+    from oslo_config import cfg
+    monkeypatch.setattr(base, '_brick_ready', [])
+    before = cfg.CONF.oslo_concurrency.lock_path   # a default, in tests
+    cfg.CONF.set_default('lock_path', None, group='oslo_concurrency')
+    try:
+        base.setup_os_brick(str(tmp_path))
+        # Cinder has not said whether the targets are shared: lock
+        with base.guarded({'shared_targets': None, 'service_uuid': 'svc'}):
+            pass
+        assert os.listdir(tmp_path) == ['os-brick-svc']
+    finally:
+        cfg.CONF.set_default('lock_path', before, group='oslo_concurrency')
+
+
+def test_a_configured_lock_path_is_left_alone(tmp_path, monkeypatch):
+    from oslo_config import cfg
+    monkeypatch.setattr(base, '_brick_ready', [])
+    cfg.CONF.set_override('lock_path', str(tmp_path / 'theirs'),
+                          group='oslo_concurrency')
+    try:
+        base.setup_os_brick(str(tmp_path / 'ours'))
+        assert cfg.CONF.oslo_concurrency.lock_path == str(tmp_path / 'theirs')
+    finally:
+        cfg.CONF.clear_override('lock_path', group='oslo_concurrency')
