@@ -225,7 +225,6 @@ class HostAttachments:
                                 record.device_info, page_cached)
             yield attached
             done = True
-            fill_bytes = 0 if page_cached else fill_bytes
         finally:
             if attached is not None:
                 attached.close()
@@ -239,7 +238,7 @@ class HostAttachments:
                 # detached before it can be made read-only and used.
                 if mode == 'rw' and done:
                     raise
-            if done and fill_bytes and mode == 'ro':
+            if done and fill_bytes and mode == 'ro' and not page_cached:
                 self.keepers.fill(                  # if still kept
                     volume.id, fill_bytes,
                     busy=functools.partial(self._being_read, volume.id),

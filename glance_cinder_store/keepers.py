@@ -46,7 +46,6 @@ FILL_NICE = 10
 #: How often a fill that yields to readers looks again.
 FILL_YIELD = 0.05
 _shared = {}                    # real state dir -> Keepers
-
 _shared_lock = threading.Lock()
 
 
@@ -70,8 +69,7 @@ def for_state_dir(state_dir, on_request=None):
 class _Kept:
     """One kept device: its descriptor and, while it runs, its fill."""
 
-    def __init__(self, path, fd):
-        self.path = path
+    def __init__(self, fd):
         self.fd = fd
         self.filling = None         # the fill's thread, once started
         self.stop = threading.Event()
@@ -120,7 +118,7 @@ class Keepers:
                 LOG.debug('volume %s: cannot keep %s open (%s)',
                           volume_id, path, e)
                 return
-            self._kept[volume_id] = _Kept(path, fd)
+            self._kept[volume_id] = _Kept(fd)
 
     def holds(self, volume_id):
         with self._lock:

@@ -296,31 +296,35 @@ def test_a_fill_done_after_the_detach_marks_no_later_attachment(
     assert host.release_idle(cinder, volume.id)
 
 
-def test_a_fill_reports_done_only_when_it_read_everything(
-        tmp_path, monkeypatch):
+@pytest.fixture
+def kept_image(tmp_path):
+    """A kept device holding an image of two fill chunks."""
     path = tmp_path / 'device'
     path.write_bytes(b'y' * (2 * keepers.FILL_CHUNK))
     k = keepers.Keepers(str(tmp_path))
     k.keep('vol-1', str(path))
+    return k, str(path)
+
+
+def test_a_fill_reports_done_only_when_it_read_everything(
+        kept_image, monkeypatch):
+    k, path = kept_image
     done = []
     k.fill('vol-1', 2 * keepers.FILL_CHUNK, done=lambda: done.append(1))
     k._kept['vol-1'].filling.join(5)
     assert done == [1]
     k.drop('vol-1')
     _count_reads(monkeypatch, delay=0.2)
-    k.keep('vol-1', str(path))
+    k.keep('vol-1', path)
     k.fill('vol-1', 2 * keepers.FILL_CHUNK, done=lambda: done.append(2))
     time.sleep(0.1)
     k.drop('vol-1')                             # stopped: not done
     assert done == [1]
 
 
-def test_a_fill_waits_while_the_volume_is_read(tmp_path, monkeypatch):
-    path = tmp_path / 'device'
-    path.write_bytes(b'y' * (2 * keepers.FILL_CHUNK))
+def test_a_fill_waits_while_the_volume_is_read(kept_image, monkeypatch):
+    k, _ = kept_image
     reads = _count_reads(monkeypatch)
-    k = keepers.Keepers(str(tmp_path))
-    k.keep('vol-1', str(path))
     reading = [True]
     k.fill('vol-1', 2 * keepers.FILL_CHUNK, busy=lambda: reading[0])
     time.sleep(5 * keepers.FILL_YIELD)
