@@ -5,6 +5,7 @@ keystoneauth error leaves this module as a glance_store exception with a
 message an operator can act on.
 """
 
+import collections
 import contextlib
 import functools
 import logging
@@ -205,6 +206,10 @@ def _is_transitional(volume, transitional):
     return volume.status in transitional
 
 
+#: seconds between two looks at a volume in its first second of waiting
+POLL = 0.05
+
+
 def _poll_wait(retry_state):
     """Every 50 ms for a second, then backing off by 1.6x up to 2 s.
 
@@ -212,7 +217,45 @@ def _poll_wait(retry_state):
     to 0.2 s per image over a back-off from the start.
     """
     late = retry_state.attempt_number - 20
-    return 0.05 if late <= 0 else min(2.0, 0.05 * 1.6 ** late)
+    return POLL if late <= 0 else min(2.0, POLL * 1.6 ** late)
+
+
+class Settling:
+    """How long a store's volumes took to leave a transitional status.
+
+    A wait starts polling after most of the usual time: on a busy Cinder a
+    create takes a second or more, and polling every 50 ms from the start
+    spent ~5 GETs per image (cinder-api CPU that concurrent uploads needed
+    on a small host).  Each store keeps its own: backends differ.
+    """
+
+    SAMPLES = 8
+    #: of the median: a volume faster than usual is seen within a poll or two
+    SHARE = 0.75
+    MAX_FIRST = 2.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seen = {}
+
+    def first_wait(self, status):
+        """Seconds before the first look at a volume now in ``status``."""
+        with self._lock:
+            seen = sorted(self._seen.get(status, ()))
+        if not seen:
+            return POLL
+        usual = seen[len(seen) // 2]
+        return min(self.MAX_FIRST, max(POLL, self.SHARE * usual))
+
+    def record(self, status, seconds):
+        with self._lock:
+            seen = self._seen.setdefault(
+                status, collections.deque(maxlen=self.SAMPLES))
+            seen.append(seconds)
+
+
+def _sleep(seconds):
+    time.sleep(seconds)     # looked up at each call: tests patch time.sleep
 
 
 def _volume_busy(error):
@@ -242,8 +285,9 @@ class Volumes:
     CREATE_ATTEMPTS = 3
 
     def __init__(self, client, timeout, attach_retries=5, once=None,
-                 busy_min_wait=0.0):
+                 busy_min_wait=0.0, settling=None):
         self.client = client
+        self.settling = settling or Settling()
         self.once = once or client
         self.timeout = timeout
         self.attach_retries = attach_retries
@@ -318,11 +362,18 @@ class Volumes:
     def wait_for(self, volume, wanted, transitional, timeout=None):
         """Poll ``volume`` until its status is ``wanted``; fail fast on error.
 
-        Polls quickly at first (volumes are often ready in a second) and then
-        back off, bounded by ``cinder_state_transition_timeout``.
+        A volume passed in a transitional status is first looked at after
+        most of the time such waits took (``Settling``), then every 50 ms
+        for a second (volumes are often ready in a second), then backing
+        off, bounded by ``cinder_state_transition_timeout``.
         """
         timeout = self.timeout if timeout is None else timeout
+        start = time.monotonic()
+        settling = volume.status if volume.status in transitional else None
+        if settling:    # no GET yet: it cannot have changed already
+            _sleep(self.settling.first_wait(settling))
         retry = tenacity.Retrying(
+            sleep=_sleep,
             retry=tenacity.retry_if_result(functools.partial(
                 _is_transitional, transitional=transitional)),
             wait=_poll_wait,
@@ -330,6 +381,8 @@ class Volumes:
             retry_error_callback=lambda state: state.outcome.result(),
             reraise=True)
         volume = retry(self.get, volume.id)
+        if settling and volume.status == wanted:
+            self.settling.record(settling, time.monotonic() - start)
         if volume.status != wanted:
             raise VolumeFailed(
                 'volume %s is %s, expected %s%s' % (

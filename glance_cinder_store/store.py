@@ -64,6 +64,7 @@ class CinderStore(glance_store.driver.Store):
         else:
             self.store_conf = conf.glance_store
         self.clients = cinder.CinderClientFactory(self.store_conf)
+        self._settling = cinder.Settling()
         self._attachments = None
         self._healing = None
         self._pool = None
@@ -95,7 +96,8 @@ class CinderStore(glance_store.driver.Store):
             conf.cinder_state_transition_timeout,
             conf.cinder_attachment_retry_attempts,
             once=self.clients.client(context, idempotent=False),
-            busy_min_wait=3 * conf.cinder_plus_warm_check_interval)
+            busy_min_wait=3 * conf.cinder_plus_warm_check_interval,
+            settling=self._settling)
 
     def configure_add(self):
         try:

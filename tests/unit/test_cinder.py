@@ -140,6 +140,60 @@ def test_wait_for_times_out():
         vols.wait_for(Vol('creating'), 'available', ('creating',))
 
 
+def test_wait_for_does_not_look_at_a_volume_it_was_just_given():
+    vols = volumes_with(['available'])
+    with mock.patch('time.sleep') as sleep:
+        vols.wait_for(Vol('creating'), 'available', ('creating',))
+    sleep.assert_called_once_with(cinder.POLL)
+    assert vols.client.volumes.get.call_count == 1
+
+
+def test_wait_for_first_looks_after_most_of_the_usual_time():
+    """Creates that took ~0.4 s: one GET at 0.3 s, not one every 50 ms."""
+    settling = cinder.Settling()
+    for seconds in (0.5, 0.4, 0.4, 0.3, 3.0):
+        settling.record('creating', seconds)
+    client = mock.Mock()
+    client.volumes.get.side_effect = [Vol('creating'), Vol('available')]
+    vols = cinder.Volumes(client, 5, settling=settling)
+    with mock.patch('time.sleep') as sleep:
+        vols.wait_for(Vol('creating'), 'available', ('creating',))
+    assert [c.args[0] for c in sleep.call_args_list] == [
+        pytest.approx(0.3), cinder.POLL]
+    assert client.volumes.get.call_count == 2
+
+
+def test_settling_learns_per_status_and_is_bounded():
+    settling = cinder.Settling()
+    settling.record('creating', 60)
+    assert settling.first_wait('creating') == settling.MAX_FIRST
+    assert settling.first_wait('extending') == cinder.POLL
+    settling.record('extending', 0.01)
+    assert settling.first_wait('extending') == cinder.POLL
+    for _ in range(settling.SAMPLES):
+        settling.record('creating', 0.2)     # the old sample ages out
+    assert settling.first_wait('creating') == pytest.approx(0.15)
+
+
+def test_wait_for_learns_only_from_waits_that_ended_well():
+    settling = cinder.Settling()
+    client = mock.Mock()
+    client.volumes.get.side_effect = [Vol('error'), Vol('available')]
+    vols = cinder.Volumes(client, 5, settling=settling)
+    with mock.patch('time.sleep'):
+        with pytest.raises(cinder.VolumeFailed):
+            vols.wait_for(Vol('creating'), 'available', ('creating',))
+        vols.wait_for(Vol('creating'), 'available', ('creating',))
+    assert len(settling._seen['creating']) == 1
+
+
+def test_wait_for_looks_at_once_at_a_volume_of_a_settled_status():
+    vols = volumes_with(['in-use'])
+    with mock.patch('time.sleep') as sleep:
+        vols.wait_for(Vol('in-use'), 'in-use', ('extending',))
+    sleep.assert_not_called()
+
+
 def test_attachment_delete_tolerates_gone():
     client = mock.Mock()
     client.attachments.delete.side_effect = cinder_exc.NotFound(404)
