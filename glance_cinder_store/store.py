@@ -415,7 +415,6 @@ class CinderStore(glance_store.driver.Store):
                for a in volume.attachments):
             # Other hosts may keep it warm (idle): ask them to let go.
             volumes.request_release(volume_id)
-        self.attachments.release_idle(volumes, volume_id)
         volume = self._wait_unattached(volumes, volume_id)
         try:
             volumes.delete(volume.id)
@@ -425,10 +424,16 @@ class CinderStore(glance_store.driver.Store):
                 % (self.name, volume_id, e))
 
     def _wait_unattached(self, volumes, volume_id):
-        """Wait, bounded, for readers elsewhere to finish with the volume."""
+        """Wait, bounded, for the volume's readers to finish with it.
+
+        Each round first lets go of this host's attachment if nobody holds
+        it any more: a download here that ends during the wait leaves it
+        warm, and nothing else would detach it before the wait gives up.
+        """
         timeout = self.store_conf.cinder_state_transition_timeout
         delay, waited = 0.1, 0.0
         while True:
+            self.attachments.release_idle(volumes, volume_id)
             volume = volumes.get(volume_id)
             if not volume.attachments:
                 return volume

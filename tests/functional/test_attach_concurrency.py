@@ -269,6 +269,42 @@ def test_delete_while_downloading_waits_for_the_reader(glance, cinder,
     fx.wait_gone(cinder, vol.id)
 
 
+def test_delete_waits_for_a_reader_of_a_process_that_stays(
+        glance, cinder, state_dir, images):
+    """As in a glance-api worker: the download ends, the process lives on.
+
+    The reader's attachment goes warm when it ends, during the delete's
+    wait; the delete must let go of it, not wait for the grace period.
+    """
+    data = pattern(8 * MiB, 9)
+    img = images()
+    glance.images.upload(img.id, io.BytesIO(data), image_size=len(data),
+                         backend='gold')
+    vol = fx.image_volume(cinder, img.id)
+    store, loc = store_and_location(
+        state_dir, vol.id, cinder_plus_attach_grace_period=300,
+        cinder_plus_io_chunk_size=MiB, cinder_state_transition_timeout=30)
+    body, _ = store.get(loc, context=test_driver.Context('x'))
+    read = [next(body)]
+
+    def finish_slowly():
+        time.sleep(2)
+        read.extend(body)
+        body.close()
+    reader = threading.Thread(target=finish_slowly)
+    reader.start()
+    t0 = time.time()
+    store.delete(loc, context=test_driver.Context('x'))
+    waited = time.time() - t0
+    reader.join()
+    print('\ndelete waited %.1f s for the reader' % waited)
+    assert b''.join(read) == data
+    assert 1.5 < waited < 15
+    fx.wait_gone(cinder, vol.id)
+    assert not fx.loops_of(vol.id)
+    assert not os.listdir(os.path.join(state_dir, 'attachments'))
+
+
 def test_delete_gives_up_clearly_when_readers_stay(glance, cinder,
                                                    state_dir, images):
     data, vol, reader = image_being_read(glance, cinder, images, state_dir,

@@ -415,6 +415,19 @@ def test_delete_detaches_lingering_reader(make_store, cinder, context):
     no_leaks(cinder)
 
 
+def test_delete_waits_for_a_download_here_then_detaches_it(
+        make_store, cinder, context, monkeypatch):
+    """The download ends during the delete's wait and leaves it warm."""
+    store = make_store(cinder_plus_attach_grace_period=60)
+    loc = _stored(store, context, b'abcd')
+    reading, _ = store.get(loc, context=context)
+    monkeypatch.setattr(store_mod.time, 'sleep',
+                        lambda s: reading.close())
+    store.delete(loc, context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
 def test_grace_period_reuses_attachment(make_store, cinder, context):
     store = make_store(cinder_plus_attach_grace_period=60)
     loc = _stored(store, context, b'abcd')
