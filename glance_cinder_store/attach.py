@@ -28,6 +28,7 @@ import zlib
 from glance_store import exceptions
 from oslo_concurrency import lockutils
 
+from glance_cinder_store import activity
 from glance_cinder_store import connectors
 from glance_cinder_store.connectors import base as connector_base
 from glance_cinder_store import holders
@@ -163,6 +164,7 @@ class HostAttachments:
                                 not transfer.threads_are_green())
         self.keepers = keepers.for_state_dir(conf.cinder_plus_state_dir,
                                              on_request=self.warm.forget)
+        self.activity = activity.HostActivity(conf.cinder_plus_state_dir)
 
     # -- building blocks ------------------------------------------------
 
@@ -241,12 +243,18 @@ class HostAttachments:
             if done and fill_bytes and mode == 'ro' and not page_cached:
                 self.keepers.fill(                  # if still kept
                     volume.id, fill_bytes,
-                    busy=functools.partial(self._being_read, volume.id),
+                    busy=functools.partial(self._fill_must_wait, volume.id),
                     done=functools.partial(self._filled, volume.id,
                                            record.attachment_id))
 
-    def _being_read(self, volume_id):
-        """Whether a process of this host holds the attachment right now."""
+    def _fill_must_wait(self, volume_id):
+        """Whether a fill of ``volume_id`` should wait now.
+
+        While a process of this host holds the attachment (the reads share
+        the device), or while the host uploads or downloads anything.
+        """
+        if self.activity.busy():
+            return True
         record = self.records.load(volume_id)
         return record is not None and bool(record.holders)
 

@@ -311,12 +311,26 @@ def _fill(volume_id, kept, size, busy, done):
                           'failed', volume_id)
 
 
+def _run_only_when_idle():
+    """Let the calling thread run only on CPU time nobody else wants.
+
+    SCHED_IDLE, not just a high nice value: at nice 10 the fills of eight
+    new images still took a share of two cores from the uploads running
+    beside them.  Best effort: a thread's own scheduling.
+    """
+    me = threading.get_native_id()
+    try:
+        os.sched_setscheduler(me, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, me, FILL_NICE)
+        except OSError:
+            pass
+
+
 def _fill_pages(volume_id, kept, size, busy):
     """Bytes read, None if a read failed; stops early when asked."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FILL_NICE)
-    except OSError:
-        pass                        # best effort: a thread's own niceness
+    _run_only_when_idle()
     buf = bytearray(FILL_CHUNK)
     offset = 0
     started = time.monotonic()

@@ -112,6 +112,23 @@ A detach on this host first asks every process that keeps the device to close
 it, and waits at most 5 seconds. Needs native threads (off
 under eventlet) and the warm attachment cache.
 """),
+    cfg.IntOpt('cinder_plus_warm_after_upload',
+               default=4096, min=0,
+               help="""
+Largest image, in MiB, that is attached read-only and brought into the page
+cache in the background right after its upload, as if it had just been read;
+0 turns this off.
+
+The first download of a new image (a boot right after the upload, most
+often) then starts at once and reads from memory, as Glance's file store
+reads the file its upload left in the page cache, instead of attaching the
+volume and reading the device. Costs one more Cinder attachment per upload,
+kept like any warm attachment (``cinder_plus_attach_grace_period``,
+``cinder_plus_warm_attachments``) and up to the image's size of reclaimable
+page cache. Only for volumes of a multiattach type, so a reader on another
+host never has to wait for this host to let go; and only with the store's
+own Cinder credentials and ``cinder_plus_keep_page_cache``.
+"""),
     cfg.BoolOpt('cinder_plus_skip_zeroes',
                 default=True,
                 help="""

@@ -31,6 +31,10 @@ from glance_cinder_store import pool
 from glance_cinder_store import privileged
 from glance_cinder_store import transfer
 
+#: seconds without uploads or downloads on the host before a new image is
+#: warmed up
+WARM_UP_QUIET = 1.0
+
 # glance_store looks the location class up by this name in this module.
 StoreLocation = location.StoreLocation
 
@@ -180,6 +184,12 @@ class CinderStore(glance_store.driver.Store):
         reused.  A listing could not close the race anyway (Cinder names
         are not unique), and non-admin listings may ignore ``name=``.
         """
+        with self.attachments.activity.running():
+            return self._add(image_id, image_file, image_size, hashing_algo,
+                             context, verifier)
+
+    def _add(self, image_id, image_file, image_size, hashing_algo, context,
+             verifier):
         volumes = self.volumes(context)
         name = 'image-%s' % image_id
         metadata = {'glance_image_id': image_id,
@@ -219,11 +229,47 @@ class CinderStore(glance_store.driver.Store):
         LOG.info('store %s: image %s written to volume %s (%d bytes, %d '
                  'zeroed without writing)', self.name, image_id, volume.id,
                  result.size, result.zeroed_bytes)
+        self._warm_after_upload(volume, result.size)
         url = StoreLocation(
             {'volume_id': volume.id}, self.conf,
             backend_group=self.backend_group).get_uri()
         return (url, result.size, result.checksum, result.multihash,
                 {'store': self.backend_group} if self.backend_group else {})
+
+    def _warm_after_upload(self, volume, size):
+        """Attach a new image read-only and fill its page cache, meanwhile.
+
+        Its first download (often a boot right after the upload) then needs
+        no attach and reads memory, like the file store's first download.
+        Not for volumes that cannot be attached twice: a reader on another
+        host would have to wait for us to let go.
+        """
+        limit = self.store_conf.cinder_plus_warm_after_upload * units.Mi
+        if not (0 < size <= limit and getattr(volume, 'multiattach', False)
+                and self.clients.uses_service_credentials
+                and self.attachments.keep_page_cache):
+            return
+        threading.Thread(target=self._warm_up, args=(volume.id, size),
+                         name='gcs-warm-up', daemon=True).start()
+
+    def _warm_up(self, volume_id, size):
+        # once the host's uploads and downloads are over (a burst of
+        # uploads would otherwise pay for its first ones' warm-ups)
+        grace = self.store_conf.cinder_plus_attach_grace_period
+        if not self.attachments.activity.wait_quiet(WARM_UP_QUIET, grace):
+            LOG.debug('store %s: too busy to warm up new image volume %s',
+                      self.name, volume_id)
+            return
+        try:
+            volumes = self.volumes()
+            volume = volumes.get(volume_id)
+            with self.attachments.attach(volumes, volume, 'ro',
+                                         fill_bytes=size):
+                pass    # the fill follows, if the attachment stays warm
+        except Exception as e:
+            # deleted meanwhile, say: its first download attaches then
+            LOG.info('store %s: new image volume %s not kept warm: %s',
+                     self.name, volume_id, e)
 
     def _create_volume(self, volumes, name, size_gb, metadata):
         volume_type = self.store_conf.cinder_volume_type
@@ -335,10 +381,15 @@ class CinderStore(glance_store.driver.Store):
         if length == 0:
             return iter(())
         holding = contextlib.ExitStack()
+        holding.enter_context(self.attachments.activity.running())
         direct = self.store_conf.cinder_plus_direct_reads
-        attached = holding.enter_context(self.attachments.attach(
-            volumes, volume, 'ro',
-            fill_bytes=image_size(volume) if direct else 0))
+        try:
+            attached = holding.enter_context(self.attachments.attach(
+                volumes, volume, 'ro',
+                fill_bytes=image_size(volume) if direct else 0))
+        except BaseException:
+            holding.close()
+            raise
         return _Reading(holding, transfer.read_range(
             attached.target, offset, length,
             chunk_size=self.store_conf.cinder_plus_io_chunk_size,

@@ -59,6 +59,7 @@ class FakeVolumes:
         self.calls = []
         self.fail = {}             # method name -> exception to raise
         self.status_after_create = 'available'
+        self.multiattach = False   # of the volumes created from now on
         self.status_after_extend = None
         self.types = {'gold-type', 'silver-type', None}
         self.default_type = '__DEFAULT__'
@@ -82,6 +83,7 @@ class FakeVolumes:
         # Cinder gives an untyped volume its default type
         vol = FakeVolume(vid, size_gb, name, metadata,
                          volume_type or self.default_type, path)
+        vol.multiattach = self.multiattach
         self.volumes[vid] = vol
         return vol.snapshot()
 

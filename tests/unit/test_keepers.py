@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+from glance_cinder_store import activity
 from glance_cinder_store import keepers
 from tests.unit import fakes
 
@@ -320,6 +321,48 @@ def test_a_fill_reports_done_only_when_it_read_everything(
     time.sleep(0.1)
     k.drop('vol-1')                             # stopped: not done
     assert done == [1]
+
+
+def test_a_fill_waits_while_the_host_transfers_anything(
+        make_store, cinder, volume, monkeypatch):
+    host = make_host(make_store)
+    fills = _fills_of(host, monkeypatch)
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234):
+        pass
+    busy = fills[0].busy
+    assert busy() is False
+    # an upload of another image, in another process of the host
+    other = activity.HostActivity(host.conf.cinder_plus_state_dir)
+    with other.running():
+        assert busy() is True
+    assert busy() is False
+    assert host.release_idle(cinder, volume.id)
+
+
+def test_host_activity_is_seen_across_processes_and_dies_with_them(
+        tmp_path):
+    act = activity.HostActivity(str(tmp_path))
+    assert not act.busy()
+    with act.running():
+        with act.running():
+            assert act.busy()
+        assert act.busy()
+        assert not act.wait_quiet(0.05, timeout=0.2, poll=0.02)
+    assert act.wait_quiet(0.05, timeout=1, poll=0.02)
+    child = subprocess.Popen([sys.executable, '-c', textwrap.dedent("""
+        import sys, time
+        from glance_cinder_store import activity
+        with activity.HostActivity(sys.argv[1]).running():
+            print('running', flush=True)
+            time.sleep(60)
+        """), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == 'running\n'
+        assert act.busy()
+    finally:
+        child.kill()
+        child.wait()
+    assert not act.busy()           # the kernel dropped the dead one's lock
 
 
 def test_a_fill_waits_while_the_volume_is_read(kept_image, monkeypatch):

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import threading
 import time
 
 from glance_store import exceptions
@@ -426,6 +427,116 @@ def test_delete_waits_for_a_download_here_then_detaches_it(
     store.delete(loc, context=context)
     assert cinder.volumes == {}
     no_leaks(cinder)
+
+
+def _warmed_up(store, cinder, context, monkeypatch, data=b'abcd'):
+    """Upload; wait for the warm-up; (location, fills it started)."""
+    monkeypatch.setattr(store_mod, 'WARM_UP_QUIET', 0.01)
+    fills = []
+    monkeypatch.setattr(store.attachments.keepers, 'fill',
+                        lambda vol, size, busy, done: fills.append(
+                            (vol, size)))
+    loc = _stored(store, context, data)
+    for thread in threading.enumerate():
+        if thread.name == 'gcs-warm-up':
+            thread.join(5)
+    return loc, fills
+
+
+def test_a_new_image_is_attached_and_filled_after_its_upload(
+        make_store, cinder, context, monkeypatch):
+    store = make_store(cinder_plus_attach_grace_period=60)
+    cinder.multiattach = True
+    loc, fills = _warmed_up(store, cinder, context, monkeypatch)
+    vol_id = loc.store_location.volume_id
+    assert fills == [(vol_id, 4)]
+    assert [a[1] for a in cinder.attachments.values()] == ['ro']
+    assert store.attachments.warm_volume(vol_id) is not None
+    assert b''.join(store.get(loc, context=context)[0]) == b'abcd'
+    creates = [c[2] for c in cinder.calls if c[0] == 'attachment_create']
+    assert creates == ['rw', 'ro']          # the download attached nothing
+    store.delete(loc, context=context)
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
+@pytest.mark.parametrize('multiattach,overrides', [
+    (False, {}),                        # a reader elsewhere would wait
+    (True, {'cinder_plus_warm_after_upload': 0}),        # turned off
+    (True, {'cinder_plus_keep_page_cache': False}),
+    (True, {'cinder_plus_attach_grace_period': 0}),      # no warm cache
+])
+def test_no_warm_up_after_upload_when_it_could_not_help(
+        make_store, cinder, context, monkeypatch, multiattach, overrides):
+    overrides.setdefault('cinder_plus_attach_grace_period', 60)
+    store = make_store(**overrides)
+    cinder.multiattach = multiattach
+    loc, fills = _warmed_up(store, cinder, context, monkeypatch)
+    assert fills == [] and cinder.attachments == {}
+
+
+def test_uploads_and_downloads_count_as_this_process_s_activity(
+        store, cinder, context, monkeypatch):
+    seen = []
+
+    class Source(io.BytesIO):
+        def read(self, *args):
+            seen.append(store.attachments.activity.busy())
+            return super().read(*args)
+    loc = location_for(store, store.add(IMAGE_ID, Source(b'abcd'), 4,
+                                        'sha512', context=context)[0])
+    assert set(seen) == {True} and not store.attachments.activity.busy()
+    body, _ = store.get(loc, context=context)
+    assert store.attachments.activity.busy()
+    assert b''.join(body) == b'abcd'
+    assert not store.attachments.activity.busy()
+    cinder.fail['attachment_create'] = exceptions.BackendException('x')
+    with pytest.raises(exceptions.BackendException):
+        store.get(loc, context=context)
+    assert not store.attachments.activity.busy()
+
+
+def test_the_warm_up_waits_until_this_process_transfers_nothing(
+        make_store, cinder, context, monkeypatch):
+    store = make_store(cinder_plus_attach_grace_period=60)
+    cinder.multiattach = True
+    monkeypatch.setattr(store.attachments.keepers, 'fill',
+                        lambda *a, **k: None)
+    monkeypatch.setattr(store_mod, 'WARM_UP_QUIET', 0.1)
+    with store.attachments.activity.running():    # another download
+        loc = _stored(store, context, b'abcd')
+        time.sleep(0.3)
+        assert [a[1] for a in cinder.attachments.values()] == []
+    for thread in threading.enumerate():
+        if thread.name == 'gcs-warm-up':
+            thread.join(5)
+    assert [a[1] for a in cinder.attachments.values()] == ['ro']
+    store.delete(loc, context=context)
+    no_leaks(cinder)
+
+
+def test_a_warm_up_losing_to_a_delete_leaves_nothing(
+        make_store, cinder, context, monkeypatch):
+    store = make_store(cinder_plus_attach_grace_period=60)
+    cinder.multiattach = True
+    cinder.fail['attachment_create'] = exceptions.NotFound('deleted')
+    real_create = cinder.attachment_create
+    creates = []
+
+    def create_once(*args, **kwargs):       # the upload's own attach works
+        creates.append(args)
+        if len(creates) == 1:
+            del cinder.fail['attachment_create']
+            result = real_create(*args, **kwargs)
+            cinder.fail['attachment_create'] = exceptions.NotFound('gone')
+            return result
+        return real_create(*args, **kwargs)
+    monkeypatch.setattr(cinder, 'attachment_create', create_once)
+    loc, fills = _warmed_up(store, cinder, context, monkeypatch)
+    assert len(creates) == 2 and fills == []
+    assert cinder.attachments == {}
+    assert store.attachments.records.load(
+        loc.store_location.volume_id) is None
 
 
 def test_grace_period_reuses_attachment(make_store, cinder, context):
