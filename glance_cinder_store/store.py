@@ -30,6 +30,7 @@ from glance_cinder_store import options
 from glance_cinder_store import pool
 from glance_cinder_store import privileged
 from glance_cinder_store import transfer
+from glance_cinder_store import warm
 
 #: seconds without uploads or downloads on the host before a new image is
 #: warmed up
@@ -69,6 +70,7 @@ class CinderStore(glance_store.driver.Store):
             self.store_conf = conf.glance_store
         self.clients = cinder.CinderClientFactory(self.store_conf)
         self._settling = cinder.Settling()
+        self._warm_ups = None
         self._attachments = None
         self._healing = None
         self._pool = None
@@ -215,9 +217,9 @@ class CinderStore(glance_store.driver.Store):
             if claimed is None and volume.status != 'available':
                 volume = volumes.wait_for(volume, 'available',
                                           ('creating',))
-            result = self._write(volumes, volume, image_file, image_size,
-                                 hashing_algo, verifier, metadata, heartbeat,
-                                 claimed, name)
+            result, on_device = self._write(
+                volumes, volume, image_file, image_size, hashing_algo,
+                verifier, metadata, heartbeat, claimed, name)
         except BaseException as e:
             heartbeat.stop()
             if claimed is not None:
@@ -229,7 +231,8 @@ class CinderStore(glance_store.driver.Store):
         LOG.info('store %s: image %s written to volume %s (%d bytes, %d '
                  'zeroed without writing)', self.name, image_id, volume.id,
                  result.size, result.zeroed_bytes)
-        self._warm_after_upload(volume, result.size)
+        if on_device:
+            self._warm_after_upload(volume, result.size)
         url = StoreLocation(
             {'volume_id': volume.id}, self.conf,
             backend_group=self.backend_group).get_uri()
@@ -241,25 +244,27 @@ class CinderStore(glance_store.driver.Store):
 
         Its first download (often a boot right after the upload) then needs
         no attach and reads memory, like the file store's first download.
-        Not for volumes that cannot be attached twice: a reader on another
-        host would have to wait for us to let go.
+        Only for volumes written through a device of this host (librbd
+        has no page cache to fill), and not for volumes that cannot be
+        attached twice: a reader on another host would wait for us.
         """
         limit = self.store_conf.cinder_plus_warm_after_upload * units.Mi
         if not (0 < size <= limit and getattr(volume, 'multiattach', False)
                 and self.clients.uses_service_credentials
                 and self.attachments.keep_page_cache):
             return
-        threading.Thread(target=self._warm_up, args=(volume.id, size),
-                         name='gcs-warm-up', daemon=True).start()
+        if self._warm_ups is None:
+            # once the host's uploads and downloads are over: a burst of
+            # uploads would otherwise pay for its first ones' warm-ups
+            activity = self.attachments.activity
+            self._warm_ups = warm.WarmUps(
+                self.store_conf.cinder_plus_warm_attachments,
+                self.store_conf.cinder_plus_attach_grace_period,
+                lambda timeout: activity.wait_quiet(WARM_UP_QUIET, timeout),
+                self._warm_up)
+        self._warm_ups.add(volume.id, size)
 
     def _warm_up(self, volume_id, size):
-        # once the host's uploads and downloads are over (a burst of
-        # uploads would otherwise pay for its first ones' warm-ups)
-        grace = self.store_conf.cinder_plus_attach_grace_period
-        if not self.attachments.activity.wait_quiet(WARM_UP_QUIET, grace):
-            LOG.debug('store %s: too busy to warm up new image volume %s',
-                      self.name, volume_id)
-            return
         try:
             volumes = self.volumes()
             volume = volumes.get(volume_id)
@@ -318,7 +323,8 @@ class CinderStore(glance_store.driver.Store):
                                            metadata)
         finishing.result()
         volumes.set_readonly(volume)    # Cinder wants it detached first
-        return result
+        # written to a device (or file) of this host: a page cache to fill
+        return result, bool(attached.connection.local_path)
 
     def _discard(self, volumes, volume, mark):
         """Delete a volume whose upload failed, or mark it for the healer."""
@@ -466,13 +472,33 @@ class CinderStore(glance_store.driver.Store):
                for a in volume.attachments):
             # Other hosts may keep it warm (idle): ask them to let go.
             volumes.request_release(volume_id)
-        volume = self._wait_unattached(volumes, volume_id)
+        deadline = (time.monotonic() +
+                    self.store_conf.cinder_state_transition_timeout)
+        while True:
+            volume = self._wait_unattached(volumes, volume_id)
+            try:
+                volumes.delete(volume.id)
+                return
+            except exceptions.BackendException as e:
+                # A reader of this host (a download, a new image's warm-up)
+                # may have attached it between the look and the delete.
+                if (time.monotonic() < deadline and
+                        self._attached_again(volumes, volume_id)):
+                    LOG.info('store %s: volume %s was attached again '
+                             'before its delete; waiting for it once more',
+                             self.name, volume_id)
+                    continue
+                raise exceptions.InUseByStore(
+                    'store %s: Cinder refused to delete volume %s: %s'
+                    % (self.name, volume_id, e))
+
+    def _attached_again(self, volumes, volume_id):
         try:
-            volumes.delete(volume.id)
-        except exceptions.BackendException as e:
-            raise exceptions.InUseByStore(
-                'store %s: Cinder refused to delete volume %s: %s'
-                % (self.name, volume_id, e))
+            volume = volumes.get(volume_id)
+        except Exception:
+            return False
+        return bool(volume.attachments) or volume.status in (
+            'reserved', 'attaching', 'in-use', 'detaching')
 
     def _wait_unattached(self, volumes, volume_id):
         """Wait, bounded, for the volume's readers to finish with it.

@@ -200,3 +200,82 @@ class WarmCache:
             ids = list(self._entries) if self._pid == os.getpid() else []
         for volume_id in ids:
             self._let_go(volume_id, force=True, why='process exit')
+
+
+class WarmUps:
+    """New images to warm up, one at a time, once the host is quiet.
+
+    One thread per process, not one per upload: under a steady stream of
+    uploads the host is never quiet, and only the newest ``size`` images
+    are worth it (the warm cache keeps no more).  An image that waited
+    longer than ``max_age`` is dropped: it would have left the cache by now.
+
+    :param wait_quiet: ``wait_quiet(timeout)`` returns True once the host
+        has had no transfer for a while.
+    :param warm_up: ``warm_up(volume_id, size)`` attaches and fills.
+    """
+
+    def __init__(self, size, max_age, wait_quiet, warm_up):
+        self.size = size
+        self.max_age = max_age
+        self._wait_quiet = wait_quiet
+        self._warm_up = warm_up
+        self._pending = collections.OrderedDict()  # id -> (size, since)
+        self._changed = threading.Condition()
+        self._thread = None
+        self._pid = None
+        self._working = False
+
+    def __len__(self):
+        return len(self._pending)
+
+    def wait_done(self, timeout):
+        """True once nothing is pending or being warmed up."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: not self._pending and not self._working, timeout)
+
+    def add(self, volume_id, size):
+        with self._changed:
+            if self._pid != os.getpid():    # forked: not the parent's
+                self._pending.clear()
+                self._pid = os.getpid()
+                self._thread = None
+            self._pending.pop(volume_id, None)
+            self._pending[volume_id] = (size, time.monotonic())
+            while len(self._pending) > self.size:
+                self._pending.popitem(last=False)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name='gcs-warm-up')
+                self._thread.start()
+            self._changed.notify()
+
+    def next(self, now=None):
+        """The newest image still worth warming up, or None."""
+        now = time.monotonic() if now is None else now
+        with self._changed:
+            while self._pending:
+                volume_id, (size, since) = self._pending.popitem(last=True)
+                if now - since < self.max_age:
+                    return volume_id, size
+        return None
+
+    def _run(self):
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending)
+            if not self._wait_quiet(self.max_age):
+                continue
+            with self._changed:
+                item = self.next()
+                self._working = item is not None
+            try:
+                if item is not None:
+                    self._warm_up(*item)
+            except Exception:
+                LOG.exception('volume %s: warming up failed', item[0])
+            finally:
+                with self._changed:
+                    self._working = False
+                    self._changed.notify_all()

@@ -145,6 +145,23 @@ def wait_gone(cinder, volume_id, timeout=120):
     common.wait_volume_gone(cinder, volume_id, timeout)
 
 
+def without_warm_up(cinder, volume_id, timeout=30):
+    """Make glance-api let go of the new image it warmed up.
+
+    glance-api attaches a new image of a multiattach type after its upload
+    (``cinder_plus_warm_after_upload``); tests that count the volume's
+    attachments wait for that one and ask for it, as another host would.
+    """
+    wait_for(lambda: cinder.volumes.get(volume_id).attachments, timeout,
+             what='glance-api warmed up volume %s' % volume_id)
+    cinder.volumes.set_metadata(volume_id,
+                                {'glance_cinder_store_release': 'wanted'})
+    wait_for(lambda: not cinder.volumes.get(volume_id).attachments, 60,
+             what='glance-api let go of volume %s' % volume_id)
+    cinder.volumes.delete_metadata(volume_id, ['glance_cinder_store_release'])
+    return cinder.volumes.get(volume_id)
+
+
 @pytest.fixture
 def images(glance):
     """Create images; every one is deleted after the test."""

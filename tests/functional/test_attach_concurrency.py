@@ -36,7 +36,7 @@ def image(glance, cinder):
                                disk_format='raw', container_format='bare')
     glance.images.upload(img.id, io.BytesIO(data), image_size=len(data),
                          backend='gold')
-    vol = fx.image_volume(cinder, img.id)
+    vol = fx.without_warm_up(cinder, fx.image_volume(cinder, img.id).id)
     yield img, vol, hashlib.sha256(data).hexdigest()
     glance.images.delete(img.id)
     fx.wait_gone(cinder, vol.id)
@@ -92,7 +92,7 @@ def image_being_read(glance, cinder, images, state_dir, delay):
     img = images()
     glance.images.upload(img.id, io.BytesIO(data), image_size=len(data),
                          backend='gold')
-    vol = fx.image_volume(cinder, img.id)
+    vol = fx.without_warm_up(cinder, fx.image_volume(cinder, img.id).id)
     reader = start_reader(state_dir, vol.id, delay)
     wait_line(reader, 'attached')
     return data, vol, reader
@@ -280,7 +280,7 @@ def test_delete_waits_for_a_reader_of_a_process_that_stays(
     img = images()
     glance.images.upload(img.id, io.BytesIO(data), image_size=len(data),
                          backend='gold')
-    vol = fx.image_volume(cinder, img.id)
+    vol = fx.without_warm_up(cinder, fx.image_volume(cinder, img.id).id)
     store, loc = store_and_location(
         state_dir, vol.id, cinder_plus_attach_grace_period=300,
         cinder_plus_io_chunk_size=MiB, cinder_state_transition_timeout=30)

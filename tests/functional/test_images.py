@@ -242,11 +242,61 @@ def _record_of(volume_id):
         return json.load(f)
 
 
+def _record_when(volume_id, wanted, timeout=15):
+    """The glance-api host's record of the volume once ``wanted(record)``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            record = _record_of(volume_id)
+        except FileNotFoundError:
+            record = {}
+        if wanted(record) or time.monotonic() > deadline:
+            return record
+        time.sleep(0.05)
+
+
+def test_a_new_image_is_warmed_up_and_its_first_download_attaches_nothing(
+        glance, cinder, images, admin, glance_url):
+    """cinder_plus_warm_after_upload: attached and cached after the upload."""
+    data = pattern(17 * MiB + 3)
+    image = upload(glance, images, data)
+    vol = fx.image_volume(cinder, image.id)
+    record = _record_when(vol.id, lambda r: r.get('in_page_cache'))
+    assert record.get('in_page_cache'), record
+    assert record['mode'] == 'ro' and record['reads'] == 1, record
+    (warm,) = cinder.volumes.get(vol.id).attachments
+    assert warm['attachment_id'] == record['attachment_id']
+    t0 = time.monotonic()
+    resp = http_get(admin, glance_url, image.id)
+    print('\nfirst download of a warmed-up 17 MiB image: %.3f s'
+          % (time.monotonic() - t0))
+    assert resp.status_code == 200 and resp.content == data
+    after = cinder.volumes.get(vol.id).attachments
+    assert [a['attachment_id'] for a in after] == [warm['attachment_id']]
+    assert _record_of(vol.id)['reads'] == 2
+    glance.images.delete(image.id)
+    fx.wait_gone(cinder, vol.id)
+    assert not fx.loops_of(vol.id)
+
+
+def test_a_new_image_of_a_single_attach_type_is_not_warmed_up(
+        glance, cinder, images):
+    """A reader on another host would have to wait for us to let go."""
+    image = upload(glance, images, pattern(MiB), store=fx.names.SINGLE)
+    vol = fx.image_volume(cinder, image.id)
+    time.sleep(3)       # the warm-up waits for a quiet second, then some
+    assert not cinder.volumes.get(vol.id).attachments
+
+
 def test_first_download_fills_the_page_cache_in_the_background(
         glance, cinder, images, admin, glance_url):
-    """After the first (direct) read the image is read into memory."""
+    """After the first (direct) read the image is read into memory.
+
+    In the store whose volumes cannot be attached twice: nothing warms
+    them up after their upload, so the first download attaches.
+    """
     data = pattern(33 * MiB + 5)
-    image = upload(glance, images, data)
+    image = upload(glance, images, data, store=fx.names.SINGLE)
     vol = fx.image_volume(cinder, image.id)
     resp = http_get(admin, glance_url, image.id)
     assert resp.status_code == 200 and resp.content == data

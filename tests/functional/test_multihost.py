@@ -420,6 +420,7 @@ def volume_named(cinder, name):
 def test_host_crash_leaves_the_other_host_unblocked_and_its_state_alone(
         image, admin, cinder, glance_url, images, g1, short_waits):
     img, vol, digest = image('gold')
+    fx.without_warm_up(cinder, vol.id)      # only host 2 holds it below
     token = admin.get_token()
     reader = Download(URL2, token, img.id)
     up = images()

@@ -3,7 +3,6 @@
 import hashlib
 import io
 import os
-import threading
 import time
 
 from glance_store import exceptions
@@ -437,9 +436,8 @@ def _warmed_up(store, cinder, context, monkeypatch, data=b'abcd'):
                         lambda vol, size, busy, done: fills.append(
                             (vol, size)))
     loc = _stored(store, context, data)
-    for thread in threading.enumerate():
-        if thread.name == 'gcs-warm-up':
-            thread.join(5)
+    if store._warm_ups is not None:
+        assert store._warm_ups.wait_done(5)
     return loc, fills
 
 
@@ -460,17 +458,22 @@ def test_a_new_image_is_attached_and_filled_after_its_upload(
     no_leaks(cinder)
 
 
-@pytest.mark.parametrize('multiattach,overrides', [
-    (False, {}),                        # a reader elsewhere would wait
-    (True, {'cinder_plus_warm_after_upload': 0}),        # turned off
-    (True, {'cinder_plus_keep_page_cache': False}),
-    (True, {'cinder_plus_attach_grace_period': 0}),      # no warm cache
+@pytest.mark.parametrize('multiattach,on_device,overrides', [
+    (False, True, {}),                  # a reader elsewhere would wait
+    (True, False, {}),                  # librbd: no page cache to fill
+    (True, True, {'cinder_plus_warm_after_upload': 0}),  # turned off
+    (True, True, {'cinder_plus_keep_page_cache': False}),
+    (True, True, {'cinder_plus_attach_grace_period': 0}),  # no warm cache
 ])
 def test_no_warm_up_after_upload_when_it_could_not_help(
-        make_store, cinder, context, monkeypatch, multiattach, overrides):
+        make_store, cinder, context, monkeypatch, multiattach, on_device,
+        overrides):
     overrides.setdefault('cinder_plus_attach_grace_period', 60)
     store = make_store(**overrides)
     cinder.multiattach = multiattach
+    write = store._write
+    monkeypatch.setattr(store, '_write', lambda *a, **k: (
+        write(*a, **k)[0], on_device))
     loc, fills = _warmed_up(store, cinder, context, monkeypatch)
     assert fills == [] and cinder.attachments == {}
 
@@ -507,9 +510,7 @@ def test_the_warm_up_waits_until_this_process_transfers_nothing(
         loc = _stored(store, context, b'abcd')
         time.sleep(0.3)
         assert [a[1] for a in cinder.attachments.values()] == []
-    for thread in threading.enumerate():
-        if thread.name == 'gcs-warm-up':
-            thread.join(5)
+    assert store._warm_ups.wait_done(5)
     assert [a[1] for a in cinder.attachments.values()] == ['ro']
     store.delete(loc, context=context)
     no_leaks(cinder)
@@ -537,6 +538,37 @@ def test_a_warm_up_losing_to_a_delete_leaves_nothing(
     assert cinder.attachments == {}
     assert store.attachments.records.load(
         loc.store_location.volume_id) is None
+
+
+def test_delete_waits_again_for_a_reader_that_attached_just_before_it(
+        store, cinder, context, monkeypatch):
+    """Between the delete's look and its Cinder call, a warm-up attached."""
+    loc = _stored(store, context, b'abcd')
+    (vol,) = cinder.volumes.values()
+    racing = {'attachment_id': 'warm-up', 'host_name': 'this-host'}
+    real_delete = cinder.delete
+    raced = []
+
+    def delete(volume_id):
+        if not raced:
+            raced.append(volume_id)
+            vol.attachments.append(racing)
+            raise exceptions.BackendException('Invalid volume: attached')
+        return real_delete(volume_id)
+    monkeypatch.setattr(cinder, 'delete', delete)
+    monkeypatch.setattr(store_mod.time, 'sleep',
+                        lambda s: vol.attachments.remove(racing))
+    store.delete(loc, context=context)
+    assert raced and cinder.volumes == {}
+
+
+def test_delete_refused_for_another_reason_is_reported_at_once(
+        store, cinder, context):
+    loc = _stored(store, context, b'abcd')
+    cinder.fail['delete'] = exceptions.BackendException('has snapshots')
+    with pytest.raises(exceptions.InUseByStore, match='has snapshots'):
+        store.delete(loc, context=context)
+    assert [c[0] for c in cinder.calls].count('delete') == 1
 
 
 def test_grace_period_reuses_attachment(make_store, cinder, context):

@@ -142,3 +142,41 @@ def test_a_delete_elsewhere_is_noticed(make_host, cinder, volume):
     host.warm.sweep(now=time.monotonic() + 6)  # next check, not expired
     assert cinder.attachments == {}
     assert fakes.FakeConnection.connected == {}
+
+
+def test_warm_ups_take_the_newest_first_and_keep_no_more_than_fit():
+    ups = warm.WarmUps(2, 60, wait_quiet=lambda t: False, warm_up=None)
+    for volume_id in ('a', 'b', 'c'):
+        ups.add(volume_id, 1)
+    assert len(ups) == 2                    # 'a' would not stay warm
+    assert ups.next() == ('c', 1)
+    assert ups.next(now=time.monotonic() + 61) is None   # 'b' went stale
+    assert ups.next() is None
+
+
+def test_warm_ups_wait_for_a_quiet_host_and_run_one_at_a_time():
+    quiet = [False]
+    done = []
+    ups = warm.WarmUps(8, 60, wait_quiet=lambda t: quiet[0] or
+                       time.sleep(0.01), warm_up=lambda v, s: done.append(v))
+    ups.add('a', 1)
+    ups.add('b', 2)
+    time.sleep(0.1)
+    assert done == []                       # the host is busy
+    quiet[0] = True
+    assert ups.wait_done(5)
+    assert done == ['b', 'a']
+
+
+def test_a_failed_warm_up_does_not_stop_the_next():
+    done = []
+
+    def warm_up(volume_id, size):
+        if volume_id == 'bad':
+            raise RuntimeError('deleted meanwhile')
+        done.append(volume_id)
+    ups = warm.WarmUps(8, 60, wait_quiet=lambda t: True, warm_up=warm_up)
+    ups.add('bad', 1)
+    assert ups.wait_done(5)
+    ups.add('good', 1)
+    assert ups.wait_done(5) and done == ['good']
