@@ -323,22 +323,6 @@ def test_a_fill_reports_done_only_when_it_read_everything(
     assert done == [1]
 
 
-def test_a_fill_waits_while_the_host_transfers_anything(
-        make_store, cinder, volume, monkeypatch):
-    host = make_host(make_store)
-    fills = _fills_of(host, monkeypatch)
-    with host.attach(cinder, volume, 'ro', fill_bytes=1234):
-        pass
-    busy = fills[0].busy
-    assert busy() is False
-    # an upload of another image, in another process of the host
-    other = activity.HostActivity(host.conf.cinder_plus_state_dir)
-    with other.running():
-        assert busy() is True
-    assert busy() is False
-    assert host.release_idle(cinder, volume.id)
-
-
 def test_host_activity_is_seen_across_processes_and_dies_with_them(
         tmp_path):
     act = activity.HostActivity(str(tmp_path))
@@ -378,7 +362,7 @@ def test_a_fill_waits_while_the_volume_is_read(kept_image, monkeypatch):
     k.drop('vol-1')
 
 
-def test_the_fill_asks_the_hosts_record_whether_anyone_reads(
+def test_the_fill_waits_while_the_volume_or_the_host_is_busy(
         make_store, cinder, volume, monkeypatch):
     host = make_host(make_store)
     fills = _fills_of(host, monkeypatch)
@@ -388,6 +372,10 @@ def test_the_fill_asks_the_hosts_record_whether_anyone_reads(
     assert busy() is False                  # idle and warm: fill
     with host.attach(cinder, volume, 'ro', fill_bytes=1234):
         assert busy() is True               # a download runs: wait
+    assert busy() is False
+    # an upload of another image, in another process of the host
+    with activity.HostActivity(host.conf.cinder_plus_state_dir).running():
+        assert busy() is True
     assert busy() is False
     assert host.release_idle(cinder, volume.id)
     assert busy() is False                  # gone: the fill is stopped
