@@ -11,30 +11,47 @@ without a registry to clean up: the kernel drops a dead process's locks.
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
+
+LOG = logging.getLogger(__name__)
 
 
 class HostActivity:
     def __init__(self, state_dir):
         self.path = os.path.join(state_dir, 'activity')
+        self._warned = False
 
     def _open(self):
-        return os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
-                       0o640)
+        """The lock file, or None: a transfer never fails for its sake."""
+        try:
+            return os.open(self.path,
+                           os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            if not self._warned:
+                self._warned = True
+                LOG.warning('cannot open %s (%s): background page-cache '
+                            'fills and warm-ups will not wait for the '
+                            'transfers of this host', self.path, e)
+            return None
 
     @contextlib.contextmanager
     def running(self):
         """Count the block as a transfer of this host."""
         fd = self._open()
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
             yield
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
     def busy(self):
         fd = self._open()
+        if fd is None:
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return False

@@ -323,6 +323,12 @@ def test_a_fill_reports_done_only_when_it_read_everything(
     assert done == [1]
 
 
+def test_an_unusable_activity_file_never_fails_a_transfer(tmp_path):
+    act = activity.HostActivity(str(tmp_path / 'gone'))   # no such folder
+    with act.running():
+        assert not act.busy()
+
+
 def test_host_activity_is_seen_across_processes_and_dies_with_them(
         tmp_path):
     act = activity.HostActivity(str(tmp_path))
