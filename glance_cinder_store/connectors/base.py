@@ -169,6 +169,7 @@ class LocalConnection(Connection):
 
 
 _brick_ready = []
+_fallback_lock_path = []     # our lock folder, when none is configured
 
 
 def setup_os_brick(fallback_lock_path):
@@ -188,8 +189,8 @@ def setup_os_brick(fallback_lock_path):
         LOG.warning('[oslo_concurrency] lock_path is not set: os-brick locks '
                     'in %s, not shared with nova or cinder on this host; set '
                     'it to theirs', fallback_lock_path)
-        cfg.CONF.set_default('lock_path', fallback_lock_path,
-                             group='oslo_concurrency')
+        _fallback_lock_path.append(fallback_lock_path)
+        _ensure_lock_path()
     try:
         os_brick.setup(cfg.CONF)
     except cfg.Error as e:
@@ -205,8 +206,20 @@ def guard_of(volume):
     return {'shared_targets': shared, 'service_uuid': service}
 
 
+def _ensure_lock_path():
+    """Our lock folder as the lock path, if setup found none.
+
+    Again before each guarded call: parsing the configuration anew (a
+    SIGHUP reload of glance-api, say) drops every default set in code.
+    """
+    if _fallback_lock_path and not cfg.CONF.oslo_concurrency.lock_path:
+        cfg.CONF.set_default('lock_path', _fallback_lock_path[0],
+                             group='oslo_concurrency')
+
+
 def guarded(guard):
     """Lock connect/disconnect like nova and cinder for shared targets."""
     if not guard:
         return contextlib.nullcontext()
+    _ensure_lock_path()
     return brick_utils.guard_connection(guard)

@@ -96,6 +96,7 @@ def test_without_a_lock_path_os_brick_locks_in_our_folder(tmp_path,
     """os-brick's guard needs [oslo_concurrency] lock_path; none set."""
     from oslo_config import cfg
     monkeypatch.setattr(base, '_brick_ready', [])
+    monkeypatch.setattr(base, '_fallback_lock_path', [])
     before = cfg.CONF.oslo_concurrency.lock_path   # a default, in tests
     cfg.CONF.set_default('lock_path', None, group='oslo_concurrency')
     try:
@@ -104,6 +105,11 @@ def test_without_a_lock_path_os_brick_locks_in_our_folder(tmp_path,
         with base.guarded({'shared_targets': None, 'service_uuid': 'svc'}):
             pass
         assert os.listdir(tmp_path) == ['os-brick-svc']
+        # the configuration parsed anew (a SIGHUP reload): defaults gone
+        cfg.CONF.set_default('lock_path', None, group='oslo_concurrency')
+        with base.guarded({'shared_targets': None, 'service_uuid': 'v2'}):
+            pass
+        assert sorted(os.listdir(tmp_path)) == ['os-brick-svc', 'os-brick-v2']
     finally:
         cfg.CONF.set_default('lock_path', before, group='oslo_concurrency')
 
@@ -111,6 +117,7 @@ def test_without_a_lock_path_os_brick_locks_in_our_folder(tmp_path,
 def test_a_configured_lock_path_is_left_alone(tmp_path, monkeypatch):
     from oslo_config import cfg
     monkeypatch.setattr(base, '_brick_ready', [])
+    monkeypatch.setattr(base, '_fallback_lock_path', [])
     cfg.CONF.set_override('lock_path', str(tmp_path / 'theirs'),
                           group='oslo_concurrency')
     try:
