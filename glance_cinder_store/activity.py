@@ -23,12 +23,17 @@ class HostActivity:
         self.path = os.path.join(state_dir, 'activity')
         self._warned = False
 
-    def _open(self):
-        """The lock file, or None: a transfer never fails for its sake."""
+    def _open(self, create=True):
+        """The lock file, or None: a transfer never fails for its sake.
+
+        Only transfers create it: no file, nobody ever transferred.
+        """
+        flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         try:
-            return os.open(self.path,
-                           os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            return os.open(self.path, flags, 0o640)
         except OSError as e:
+            if isinstance(e, FileNotFoundError) and not create:
+                return None
             if not self._warned:
                 self._warned = True
                 LOG.warning('cannot open %s (%s): background page-cache '
@@ -49,7 +54,7 @@ class HostActivity:
                 os.close(fd)
 
     def busy(self):
-        fd = self._open()
+        fd = self._open(create=False)
         if fd is None:
             return False
         try:

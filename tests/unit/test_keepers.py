@@ -329,6 +329,14 @@ def test_an_unusable_activity_file_never_fails_a_transfer(tmp_path):
         assert not act.busy()
 
 
+def test_only_transfers_make_the_activity_file(tmp_path):
+    """A fill asking after its state dir was removed leaves nothing."""
+    act = activity.HostActivity(str(tmp_path))
+    assert not act.busy() and os.listdir(tmp_path) == []
+    with act.running():
+        assert os.listdir(tmp_path) == ['activity']
+
+
 def test_host_activity_is_seen_across_processes_and_dies_with_them(
         tmp_path):
     act = activity.HostActivity(str(tmp_path))
