@@ -120,7 +120,7 @@ class Healer:
     # -- the three kinds of leftovers -----------------------------------
 
     def _records(self, volumes, dry_run):
-        found = []
+        found, lingering = [], []
         for volume_id in self.attachments.records.volume_ids():
             try:
                 outcome = self.attachments.detach_unused(volumes, volume_id,
@@ -132,6 +132,41 @@ class Healer:
             if outcome in ('detached', 'would detach'):
                 found.append(Finding(volume_id, 'detach',
                                      'its holders on this host died',
+                                     outcome))
+            elif outcome == 'lingering':
+                lingering.append(volume_id)
+        return found + self._wanted_elsewhere(volumes, lingering, dry_run)
+
+    def _wanted_elsewhere(self, volumes, lingering, dry_run):
+        """Let go of idle attachments another host asked for.
+
+        The process that kept one warm answers such a request itself; this
+        pass answers for a process that died (killed, out of memory) while
+        keeping one.  Otherwise nobody would until the grace period ran
+        out, and a delete through another glance-api host would time out.
+        """
+        if not lingering:
+            return []
+        try:
+            wanted = volumes.release_requested(lingering)
+        except Exception as e:
+            LOG.warning('store %s: cannot ask Cinder whether another host '
+                        'needs %s: %s', self.store.name, lingering, e)
+            return []
+        found = []
+        for volume_id in wanted:
+            if dry_run:
+                outcome = 'would detach'
+            else:
+                try:
+                    released = self.attachments.release_idle(volumes,
+                                                             volume_id)
+                    outcome = 'detached' if released else 'held'
+                except Exception as e:
+                    outcome = 'failed, retried later: %s' % e
+            if outcome != 'held':
+                found.append(Finding(volume_id, 'detach',
+                                     'idle here, wanted by another host',
                                      outcome))
         return found
 

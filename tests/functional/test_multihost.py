@@ -481,6 +481,45 @@ def test_host_crash_leaves_the_other_host_unblocked_and_its_state_alone(
     assert not bound_loops(vol.id)
 
 
+def test_warm_attachment_of_a_killed_worker_never_blocks_a_delete(
+        image, admin, cinder, g1):
+    """Host 2 reads, keeps the volume warm, and its workers are killed.
+
+    Nobody on host 2 keeps that idle attachment any more; host 2's
+    self-healing answers host 1's request instead of leaving the delete to
+    wait out the grace period (and give up after 300 s with 409).
+    """
+    img, vol, digest = image('gold')
+    reader = Download(URL2, admin.get_token(), img.id, hold=False)
+    reader.join(120)
+    assert (reader.status, reader.error, reader.digest) == (200, None,
+                                                            digest)
+    assert hosts_of(cinder, vol.id) == [HOST2]     # idle, kept warm
+    workers = host2_workers()
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    fx.wait_for(lambda: answers(URL2) and host2_workers(), 60,
+                what='host 2 workers restarted')
+    done = {}
+
+    def delete():
+        try:
+            g1.images.delete(img.id)
+            done['result'] = 'deleted'
+        except Exception as e:
+            done['result'] = repr(e)
+    t0 = time.time()
+    deleter = threading.Thread(target=delete, daemon=True)
+    deleter.start()
+    deleter.join(90)
+    print('\ndelete on host 1 waited %.1fs for the killed worker\'s warm '
+          'attachment on host 2' % (time.time() - t0))
+    assert done.get('result') == 'deleted', done
+    fx.wait_gone(cinder, vol.id)
+    assert not bound_loops(vol.id)
+
+
 def test_foreign_attachment_of_another_host_is_never_touched(
         image, admin, cinder, glance_url, g1, short_waits):
     img, vol, digest = image('gold')

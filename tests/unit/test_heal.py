@@ -327,3 +327,32 @@ def test_a_lingering_attachment_of_an_earlier_boot_is_stale(
     assert [f.outcome for f in reconcile(store, cinder)] == ['detached']
     assert cinder.attachments == {}
     store.attachments.warm.forget(vol.id)
+
+
+def test_an_idle_attachment_another_host_wants_is_let_go(make_store, cinder):
+    """Its keeper may have died: the pass answers the request instead."""
+    store = make_store(cinder_plus_attach_grace_period=600)
+    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+    with store.attachments.attach(cinder, vol, 'ro'):
+        pass
+    store.attachments.warm.forget(vol.id)    # as if its keeper was killed
+    assert reconcile(store, cinder) == []           # lingering: kept
+    cinder.request_release(vol.id)
+    found = reconcile(store, cinder, dry_run=True)
+    assert [(f.why, f.outcome) for f in found] == [
+        ('idle here, wanted by another host', 'would detach')]
+    assert len(cinder.attachments) == 1
+    found = reconcile(store, cinder)
+    assert [f.outcome for f in found] == ['detached']
+    assert cinder.attachments == {}
+    assert store.attachments.records.load(vol.id) is None
+
+
+def test_a_wanted_attachment_still_read_here_is_kept(make_store, cinder):
+    store = make_store(cinder_plus_attach_grace_period=600)
+    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+    with store.attachments.attach(cinder, vol, 'ro'):
+        cinder.request_release(vol.id)
+        assert reconcile(store, cinder) == []
+        assert len(cinder.attachments) == 1
+    store.attachments.release_idle(cinder, vol.id)
