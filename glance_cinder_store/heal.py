@@ -133,9 +133,26 @@ class Healer:
                 found.append(Finding(volume_id, 'detach',
                                      'its holders on this host died',
                                      outcome))
-            elif outcome == 'lingering':
+            elif outcome == 'lingering' and self._of_this_store(volume_id):
                 lingering.append(volume_id)
         return found + self._wanted_elsewhere(volumes, lingering, dry_run)
+
+    def _of_this_store(self, volume_id):
+        """Whether this store's pass asks Cinder about the record's volume.
+
+        Stores share the state folder by default: each asks only about its
+        own volume type's records, so a pass costs one GET per lingering
+        attachment of the host, not one per store.
+        """
+        wanted = self.conf.cinder_volume_type
+        if not wanted:
+            return True
+        try:
+            record = self.attachments.records.load(volume_id)
+        except holders.CorruptRecord:
+            return True
+        kept = (record.volume or {}).get('volume_type') if record else None
+        return kept in (None, wanted)
 
     def _wanted_elsewhere(self, volumes, lingering, dry_run):
         """Let go of idle attachments another host asked for.

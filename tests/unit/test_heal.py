@@ -356,3 +356,18 @@ def test_a_wanted_attachment_still_read_here_is_kept(make_store, cinder):
         assert reconcile(store, cinder) == []
         assert len(cinder.attachments) == 1
     store.attachments.release_idle(cinder, vol.id)
+
+
+def test_each_store_asks_only_about_its_own_volume_type(make_store, cinder):
+    """Stores share the state folder: one GET per attachment, not per store."""
+    gold = make_store(cinder_plus_attach_grace_period=600)
+    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
+    with gold.attachments.attach(cinder, vol, 'ro'):
+        pass
+    gold.attachments.warm.forget(vol.id)
+    cinder.request_release(vol.id)
+    other = make_store(cinder_plus_attach_grace_period=600,
+                       cinder_volume_type='silver-type')
+    assert reconcile(other, cinder) == []
+    assert len(cinder.attachments) == 1
+    assert [f.outcome for f in reconcile(gold, cinder)] == ['detached']
