@@ -15,6 +15,8 @@ from cinderclient import client as cinder_client
 from glanceclient import client as glance_client
 import pytest
 
+from glance_cinder_store.cinder import RELEASE_MARK
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, 'tools'))
@@ -154,11 +156,10 @@ def without_warm_up(cinder, volume_id, timeout=30):
     """
     wait_for(lambda: cinder.volumes.get(volume_id).attachments, timeout,
              what='glance-api warmed up volume %s' % volume_id)
-    cinder.volumes.set_metadata(volume_id,
-                                {'glance_cinder_store_release': 'wanted'})
+    cinder.volumes.set_metadata(volume_id, {RELEASE_MARK: 'wanted'})
     wait_for(lambda: not cinder.volumes.get(volume_id).attachments, 60,
              what='glance-api let go of volume %s' % volume_id)
-    cinder.volumes.delete_metadata(volume_id, ['glance_cinder_store_release'])
+    cinder.volumes.delete_metadata(volume_id, [RELEASE_MARK])
     return cinder.volumes.get(volume_id)
 
 

@@ -329,13 +329,19 @@ def test_a_lingering_attachment_of_an_earlier_boot_is_stale(
     store.attachments.warm.forget(vol.id)
 
 
-def test_an_idle_attachment_another_host_wants_is_let_go(make_store, cinder):
-    """Its keeper may have died: the pass answers the request instead."""
-    store = make_store(cinder_plus_attach_grace_period=600)
+def _kept_by_a_dead_process(store, cinder):
+    """A lingering read-only attachment that no live process keeps warm."""
     vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
     with store.attachments.attach(cinder, vol, 'ro'):
         pass
     store.attachments.warm.forget(vol.id)    # as if its keeper was killed
+    return vol
+
+
+def test_an_idle_attachment_another_host_wants_is_let_go(make_store, cinder):
+    """Its keeper may have died: the pass answers the request instead."""
+    store = make_store(cinder_plus_attach_grace_period=600)
+    vol = _kept_by_a_dead_process(store, cinder)
     assert reconcile(store, cinder) == []           # lingering: kept
     cinder.request_release(vol.id)
     found = reconcile(store, cinder, dry_run=True)
@@ -361,10 +367,7 @@ def test_a_wanted_attachment_still_read_here_is_kept(make_store, cinder):
 def test_each_store_asks_only_about_its_own_volume_type(make_store, cinder):
     """Stores share the state folder: one GET per attachment, not per store."""
     gold = make_store(cinder_plus_attach_grace_period=600)
-    vol = cinder.get(cinder.create(1, 'image-x', {}, 'gold-type').id)
-    with gold.attachments.attach(cinder, vol, 'ro'):
-        pass
-    gold.attachments.warm.forget(vol.id)
+    vol = _kept_by_a_dead_process(gold, cinder)
     cinder.request_release(vol.id)
     other = make_store(cinder_plus_attach_grace_period=600,
                        cinder_volume_type='silver-type')
