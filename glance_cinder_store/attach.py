@@ -118,6 +118,12 @@ class Attached:
     #: a reader: the device's page cache is kept and was read before, so
     #: a buffered read finds (or leaves) the image in memory
     page_cached: bool = False
+    #: a reader of a kept device: ``read_by_others()`` says whether another
+    #: process of the host reads it now (a direct read then turns buffered:
+    #: one pass over the device feeds both); ``mark_page_cached()`` records
+    #: that a buffered read brought the whole image into the page cache
+    read_by_others: object = dataclasses.field(default=None, repr=False)
+    mark_page_cached: object = dataclasses.field(default=None, repr=False)
     _target: object = dataclasses.field(default=None, repr=False)
 
     @property
@@ -217,14 +223,18 @@ class HostAttachments:
                 # on every open, shared or new: is the device the volume?
                 connection.check_identity(record.device_info,
                                           record.device_id, volume.id)
-            page_cached = False
+            attached = Attached(volume.id, mode, connection,
+                                record.device_info)
             if (mode == 'ro' and connection.local_path and
                     self.keep_page_cache):
                 self.keepers.keep(volume.id, record.device_path)
-                page_cached = self._reads_page_cache(record, volume.id,
-                                                     fill_bytes)
-            attached = Attached(volume.id, mode, connection,
-                                record.device_info, page_cached)
+                if self.keepers.holds(volume.id):
+                    attached.page_cached = self._reads_page_cache(
+                        record, volume.id, fill_bytes)
+                    attached.read_by_others = functools.partial(
+                        self._read_by_others, volume.id)
+                    attached.mark_page_cached = functools.partial(
+                        self._filled, volume.id, record.attachment_id)
             yield attached
             done = True
         finally:
@@ -240,7 +250,9 @@ class HostAttachments:
                 # detached before it can be made read-only and used.
                 if mode == 'rw' and done:
                     raise
-            if done and fill_bytes and mode == 'ro' and not page_cached:
+            if (done and fill_bytes and mode == 'ro' and
+                    not attached.page_cached and
+                    not self._in_page_cache(volume.id)):
                 self.keepers.fill(                  # if still kept
                     volume.id, fill_bytes,
                     busy=functools.partial(self._fill_must_wait, volume.id),
@@ -257,6 +269,21 @@ class HostAttachments:
             return True
         record = self.records.load(volume_id)
         return record is not None and bool(record.holders)
+
+    def _read_by_others(self, volume_id):
+        """Whether more than one process of the host holds the device."""
+        try:
+            record = self.records.load(volume_id)
+        except holders.CorruptRecord:
+            return False
+        return record is not None and len(record.holders) > 1
+
+    def _in_page_cache(self, volume_id):
+        try:
+            record = self.records.load(volume_id)
+        except holders.CorruptRecord:
+            return False
+        return record is not None and bool(record.in_page_cache)
 
     def _filled(self, volume_id, attachment_id):
         """Record that the attachment's image is in the page cache.

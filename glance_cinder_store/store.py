@@ -396,11 +396,17 @@ class CinderStore(glance_store.driver.Store):
         except BaseException:
             holding.close()
             raise
-        return _Reading(holding, transfer.read_range(
+        direct = direct and not attached.page_cached
+        chunks = transfer.read_range(
             attached.target, offset, length,
             chunk_size=self.store_conf.cinder_plus_io_chunk_size,
             queue_depth=self.store_conf.cinder_plus_io_queue_depth,
-            direct=direct and not attached.page_cached))
+            direct=direct, leave_direct=attached.read_by_others)
+        if (not direct and offset == 0 and length == image_size(volume)
+                and attached.mark_page_cached is not None):
+            # a whole buffered read: later readers find it in memory
+            chunks = _then(chunks, attached.mark_page_cached)
+        return _Reading(holding, chunks)
 
     def _check_image_volume(self, volume, location):
         """Refuse a volume that is not an image volume of this store.
@@ -591,6 +597,15 @@ class _Reading:
 
     def __del__(self):
         self.close()
+
+
+def _then(chunks, done):
+    """Yield ``chunks``, then call ``done()``: not if closed before the end."""
+    yield from chunks
+    try:
+        done()
+    except Exception:
+        LOG.exception('recording a finished read failed')
 
 
 def _in_background(fn, *args):

@@ -18,15 +18,19 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import logging
 import mmap
 import os
 import queue
 import stat
 import struct
 import threading
+import time
 
 from glance_store.common import utils as gs_utils
 from glance_store import exceptions
+
+LOG = logging.getLogger(__name__)
 
 ALIGN = 4096
 ZERO_GRANULE = 1024 * 1024          # zero detection granularity
@@ -413,7 +417,7 @@ def _put(inbox, item, failed):
 
 
 def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
-               queue_depth=4, direct=False):
+               queue_depth=4, direct=False, leave_direct=None):
     """Yield ``length`` bytes of ``target`` from ``offset``.
 
     A device or file is read buffered in the caller's thread, one ``pread``
@@ -427,7 +431,11 @@ def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
     only an unaligned head is read buffered): nothing reads ahead for it,
     so a thread reads the device into a ring of ``queue_depth + 2`` aligned
     buffers, and the caller copies each piece out (the copies are the
-    caller's allocations: no fresh pages).  Handle-only targets (librbd and
+    caller's allocations: no fresh pages).  ``leave_direct()``, asked now
+    and then, turns a direct read buffered for the rest of the range once
+    it says another reader came along: two O_DIRECT readers each pull the
+    whole image through the device, two buffered ones share one pass and
+    the page cache it leaves.  Handle-only targets (librbd and
     the like, where a read is a network round trip) keep a read-ahead
     thread too.  Closing the generator early stops the thread.
     """
@@ -442,7 +450,7 @@ def read_range(target, offset, length, chunk_size=4 * 1024 * 1024,
             yield from _read_ahead(pieces, queue_depth)
         return
     reader = DeviceReader(target, chunk_size, direct,
-                          buffers=queue_depth + 2)
+                          buffers=queue_depth + 2, leave_direct=leave_direct)
     try:
         if reader.direct_fd is None or threads_are_green():
             yield from _pieces(reader.pread, offset, length, chunk_size)
@@ -467,21 +475,24 @@ class DeviceReader:
     buffered, with the kernel's read-ahead.
     """
 
-    def __init__(self, path, chunk_size, direct, buffers=1):
+    #: seconds between two questions to ``leave_direct``
+    LOOK_INTERVAL = 0.05
+
+    def __init__(self, path, chunk_size, direct, buffers=1,
+                 leave_direct=None):
         self.fd = os.open(path, os.O_RDONLY)
         self.direct_fd = None
         self._memory = None
         self._ring = []
+        self._leave_direct = leave_direct
+        self._next_look = 0.0
         if direct:
             try:
                 self.direct_fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
             except OSError:
                 pass
         if self.direct_fd is None:
-            try:
-                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except OSError:
-                pass
+            self._read_sequentially()
             return
         size = -(-max(chunk_size, FIRST_PIECE) // ALIGN) * ALIGN
         self._memory = _spare_rings.take(size * buffers)
@@ -515,8 +526,29 @@ class DeviceReader:
             return view[:self.read_into(view, n, at)]
         return pread
 
+    def _read_sequentially(self):
+        try:
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+
+    def _joined(self):
+        """Whether another reader came along (asked now and then)."""
+        now = time.monotonic()
+        if self._leave_direct is None or now < self._next_look:
+            return False
+        self._next_look = now + self.LOOK_INTERVAL
+        try:
+            return bool(self._leave_direct())
+        except Exception as e:
+            LOG.debug('cannot tell whether others read along: %s', e)
+            return False
+
     def read_into(self, view, n, at):
         """Read at most ``n`` bytes at ``at`` into ``view``; how many."""
+        if self.direct_fd is not None and self._joined():
+            self._close_direct()    # buffered from here on, shared
+            self._read_sequentially()
         if self.direct_fd is not None:
             if at % ALIGN:
                 n = min(n, ALIGN - at % ALIGN)  # then aligned reads follow

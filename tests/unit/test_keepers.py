@@ -393,3 +393,32 @@ def test_the_fill_waits_while_the_volume_or_the_host_is_busy(
     assert busy() is False
     assert host.release_idle(cinder, volume.id)
     assert busy() is False                  # gone: the fill is stopped
+
+
+def test_readers_of_a_kept_device_see_one_another(make_store, cinder,
+                                                  volume, monkeypatch):
+    """Readers of one device know of one another.
+
+    A direct reader learns that another came along; the buffered one's
+    whole read marks the page cache filled, and no fill follows.
+    """
+    host = make_host(make_store)
+    fills = _fills_of(host, monkeypatch)
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234) as first:
+        assert not first.page_cached and not first.read_by_others()
+        with host.attach(cinder, volume, 'ro', fill_bytes=1234) as second:
+            assert second.page_cached           # reads alongside: shares
+            assert first.read_by_others() and second.read_by_others()
+            second.mark_page_cached()           # its whole read is done
+        assert not first.read_by_others()
+    assert fills == []                          # the image is in memory
+    with host.attach(cinder, volume, 'ro', fill_bytes=1234) as alone:
+        assert alone.page_cached
+    assert host.release_idle(cinder, volume.id)
+
+
+def test_readers_without_keepers_learn_nothing(make_store, cinder, volume):
+    host = make_host(make_store, cinder_plus_keep_page_cache=False)
+    with host.attach(cinder, volume, 'ro') as reader:
+        assert reader.read_by_others is None
+        assert reader.mark_page_cached is None

@@ -756,6 +756,43 @@ def test_a_writer_whose_detach_fails_fails_the_add_clearly(store, cinder):
     assert 'set_readonly' not in [c[0] for c in cinder.calls]
 
 
+def test_a_whole_buffered_read_leaves_the_image_marked_in_memory(
+        make_store, cinder, context, monkeypatch):
+    """A whole buffered read is as good as a fill.
+
+    Two downloads at once: the second reads buffered, and once it has read
+    the whole image a later download alone reads memory too.
+    """
+    store = make_store(cinder_plus_attach_grace_period=60)
+    data = data_of(1024 * 1024 + 5)
+    loc = _stored(store, context, data)
+    modes = []
+    real = store_mod.transfer.read_range
+
+    def read_range(target, offset, length, **kw):
+        modes.append(kw['direct'])
+        assert kw['leave_direct'] is not None
+        return real(target, offset, length, **kw)
+    monkeypatch.setattr(store_mod.transfer, 'read_range', read_range)
+    monkeypatch.setattr(store.attachments.keepers, 'fill',
+                        lambda *a, **kw: None)     # no background fill
+    volume_id = loc.store_location.volume_id
+    first, _ = store.get(loc, context=context)
+    head = next(first)
+    partial, _ = store.get(loc, context=context, chunk_size=1000)
+    assert b''.join(partial) == data[:1000]     # not the whole image
+    assert not store.attachments.records.load(volume_id).in_page_cache
+    second, _ = store.get(loc, context=context)
+    assert b''.join(second) == data
+    assert b''.join(first) == data[len(head):]
+    assert store.attachments.records.load(volume_id).in_page_cache
+    third, _ = store.get(loc, context=context)
+    assert b''.join(third) == data
+    assert modes == [True, False, False, False]
+    store.attachments.warm.close()
+    no_leaks(cinder)
+
+
 def test_second_download_of_a_warm_image_reads_the_page_cache(
         make_store, cinder, context, monkeypatch):
     """A first read is direct and fills the cache; later ones read it."""

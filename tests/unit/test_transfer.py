@@ -287,6 +287,43 @@ def test_direct_reads_use_o_direct(tmp_path, monkeypatch, offset, length):
     assert seen['direct'] >= (1 if length > head else 0), seen
 
 
+def test_a_direct_read_turns_buffered_when_another_reader_joins(
+        tmp_path, monkeypatch):
+    data = random_bytes(5 * MiB)
+    path = tmp_path / 'img'
+    uncached(path, data)
+    monkeypatch.setattr(transfer.DeviceReader, 'LOOK_INTERVAL', 0)
+    seen = count_reads(monkeypatch)
+    answers = iter([False, False, True])
+
+    def leave_direct():
+        joined = next(answers, True)
+        if joined:
+            assert seen['direct'] == 2 and seen['buffered'] == 0, seen
+        return joined
+    got = b''.join(transfer.read_range(str(path), 0, len(data),
+                                       chunk_size=CHUNK, direct=True,
+                                       leave_direct=leave_direct))
+    assert got == data
+    assert seen['direct'] == 2 and seen['buffered'] >= 1, seen
+
+
+def test_a_direct_read_stays_direct_when_nobody_can_tell(tmp_path,
+                                                         monkeypatch):
+    data = random_bytes(2 * MiB)
+    path = tmp_path / 'img'
+    uncached(path, data)
+    monkeypatch.setattr(transfer.DeviceReader, 'LOOK_INTERVAL', 0)
+    seen = count_reads(monkeypatch)
+
+    def leave_direct():
+        raise OSError('record unreadable')
+    assert b''.join(transfer.read_range(str(path), 0, len(data),
+                                        chunk_size=CHUNK, direct=True,
+                                        leave_direct=leave_direct)) == data
+    assert seen['buffered'] == 0 and seen['direct'] >= 1, seen
+
+
 def test_without_direct_every_read_is_buffered(tmp_path, monkeypatch):
     data = random_bytes(2 * MiB)
     path = tmp_path / 'img'
