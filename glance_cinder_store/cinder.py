@@ -320,17 +320,22 @@ class Volumes:
         with translated_errors('volume %s' % volume_id):
             return self.client.volumes.get(volume_id)
 
-    def list_all(self):
-        """Every volume these credentials see: all projects' if allowed."""
+    def list_all(self, metadata=None):
+        """Every volume these credentials see: all projects' if allowed.
+
+        ``metadata``: only volumes with these metadata values (Cinder
+        filters them, a query instead of a listing of the whole cloud).
+        """
+        only = {'metadata': metadata} if metadata else {}
         try:
             with translated_errors('listing the volumes of all projects'):
                 return self.client.volumes.list(
-                    search_opts={'all_tenants': 1})
+                    search_opts=dict(only, all_tenants=1))
         except exceptions.Forbidden:
             LOG.debug('not allowed to list all projects\' volumes; listing '
                       'the service project\'s only')
         with translated_errors('listing volumes'):
-            return self.client.volumes.list()
+            return self.client.volumes.list(search_opts=only or None)
 
     def volume_type(self, name):
         """The volume type called ``name``; NotFound if Cinder has none."""

@@ -32,6 +32,12 @@ LOG = logging.getLogger(__name__)
 #: Seconds a pass waits for a detached volume to become deletable.
 SETTLE_TIMEOUT = 15
 
+#: Seconds between two periodic passes of a store that list every volume
+#: (per host).  The passes between ask Cinder only for the volumes marked
+#: as uploads of this host: the listing is the backstop for marks made
+#: before the host was named in them (an upgrade) and for hand edits.
+FULL_LISTING_EVERY = 600
+
 #: One pass at a time within a process (flock is per process).
 _PROCESS_LOCK = threading.Lock()
 
@@ -51,9 +57,13 @@ class Finding:
             ': %s' % self.outcome if self.outcome else '')
 
 
-def store_volumes(store, volumes):
-    """The volumes of this store's volume type (every project if allowed)."""
-    found = volumes.list_all()
+def store_volumes(store, volumes, uploads_of=None):
+    """The volumes of this store's volume type (every project if allowed).
+
+    ``uploads_of``: only those marked as uploads of that host.
+    """
+    found = volumes.list_all(
+        metadata={holders.UPLOAD_HOST: uploads_of} if uploads_of else None)
     wanted = store.store_conf.cinder_volume_type
     return [v for v in found if not wanted or v.volume_type == wanted]
 
@@ -99,18 +109,23 @@ class Healer:
         return self.store.attachments
 
     def reconcile(self, volumes, dry_run=False, untracked=False,
-                  stale_after=None):
+                  stale_after=None, everything=True):
         """Undo what dead processes left; a list of ``Finding``.
 
         ``untracked``: also undo attachments of ours on this host that no
         record names (operator runs only: another state folder on this host
         may track them).  ``stale_after``: seconds without heartbeat after
         which another host's upload counts as dead (default: the option).
+        ``everything=False``: look only at the volumes marked as uploads of
+        this host (enough unless another host's uploads are judged too).
         """
         if stale_after is None:
             stale_after = self.conf.cinder_plus_upload_stale_after
         findings = self._records(volumes, dry_run)
-        all_volumes = store_volumes(self.store, volumes)
+        everything = everything or untracked or stale_after > 0
+        all_volumes = store_volumes(
+            self.store, volumes,
+            uploads_of=None if everything else holders.host_name())
         findings += self._uploads(volumes, all_volumes, dry_run,
                                   stale_after)
         if untracked:
@@ -358,8 +373,21 @@ class Periodic:
                               'in %ss', self.store.name, self.interval)
             delay = self.interval * random.uniform(0.8, 1.2)
 
-    def _stamp(self):
-        return os.path.join(self.state_dir, 'heal-%s.stamp' % self.store.name)
+    def _stamp(self, kind='heal'):
+        return os.path.join(self.state_dir, '%s-%s.stamp'
+                            % (kind, self.store.name))
+
+    def _due(self, kind, seconds):
+        """Whether this host's last ``kind`` pass is ``seconds`` old."""
+        try:
+            return time.time() - os.path.getmtime(self._stamp(kind)) >= (
+                seconds)
+        except OSError:
+            return True
+
+    def _done(self, kind):
+        with open(self._stamp(kind), 'w'):
+            pass
 
     def run_once(self):
         """One pass, unless another one runs or ran just now on this host."""
@@ -371,16 +399,14 @@ class Periodic:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return None
-                stamp = self._stamp()
-                try:
-                    if time.time() - os.path.getmtime(stamp) < (
-                            self.interval / 2):
-                        return None
-                except OSError:
-                    pass
-                findings = self.healer.reconcile(self.store.volumes())
-                with open(stamp, 'w'):
-                    pass
+                if not self._due('heal', self.interval / 2):
+                    return None
+                everything = self._due('listed', FULL_LISTING_EVERY)
+                findings = self.healer.reconcile(self.store.volumes(),
+                                                 everything=everything)
+                self._done('heal')
+                if everything:
+                    self._done('listed')
                 for finding in findings:
                     LOG.info('store %s: self-healing: %s', self.store.name,
                              finding)

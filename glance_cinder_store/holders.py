@@ -45,6 +45,10 @@ BOOT_ID_ENV = 'GLANCE_CINDER_STORE_TEST_BOOT_ID'
 
 #: Volume metadata key present while an upload is in progress.
 UPLOAD_MARK = 'glance_cinder_store_upload'
+#: Beside it, the uploader's host alone: a value Cinder can filter on, so a
+#: host's self-healing pass asks for its own uploads instead of listing
+#: every volume of the cloud.
+UPLOAD_HOST = 'glance_cinder_store_upload_host'
 
 #: Keys of connection info that are secrets: never written to a record.
 SECRET_KEYS = frozenset(('auth_password', 'discovery_auth_password',
@@ -300,6 +304,10 @@ class UploadMark:
     def given_up(self):
         """The mark of an upload that failed: anyone may delete it."""
         return dataclasses.replace(self, beat=_now(), failed=True)
+
+    def metadata(self):
+        """The volume metadata that marks an upload in progress."""
+        return {UPLOAD_MARK: self.format(), UPLOAD_HOST: self.uploader.host}
 
     def format(self):
         p = self.uploader

@@ -165,9 +165,9 @@ class VolumePool:
         mark = holders.UploadMark.mine()
         name = 'glance-cinder-store-pool-%s-%s' % (self.store_name,
                                                    uuid.uuid4().hex[:8])
-        volume = volumes.create(VOLUME_GB, name, {
-            POOL_MARK: self.store_name,
-            holders.UPLOAD_MARK: mark.format()}, self.volume_type)
+        volume = volumes.create(VOLUME_GB, name, dict(
+            mark.metadata(), **{POOL_MARK: self.store_name}),
+            self.volume_type)
         entry = Ready(volume, mark)
         try:
             entry.volume = volumes.wait_for(volume, 'available',

@@ -208,7 +208,7 @@ class CinderStore(glance_store.driver.Store):
         else:
             volume = self._create_volume(
                 volumes, name, size_gb,
-                dict(metadata, **{UPLOAD_MARK: mark.format()}))
+                dict(metadata, **mark.metadata()))
         heartbeat = holders.Heartbeat(
             mark, lambda text: volumes.set_metadata(volume,
                                                     {UPLOAD_MARK: text}),

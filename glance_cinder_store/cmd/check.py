@@ -108,7 +108,7 @@ def attach_round_trip(store, volumes):
     started = time.monotonic()
     name = 'glance-cinder-store-check-%s' % uuid.uuid4().hex[:12]
     volume = volumes.create(
-        1, name, {holders.UPLOAD_MARK: holders.UploadMark.mine().format()},
+        1, name, holders.UploadMark.mine().metadata(),
         store.store_conf.cinder_volume_type)
     try:
         volume = volumes.wait_for(volume, 'available', ('creating',))

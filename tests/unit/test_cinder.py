@@ -240,7 +240,18 @@ def test_list_all_falls_back_to_own_project_when_forbidden():
     client.volumes.list.side_effect = [cinder_exc.Forbidden(403), ['mine']]
     assert cinder.Volumes(client, 1).list_all() == ['mine']
     assert client.volumes.list.call_args_list == [
-        mock.call(search_opts={'all_tenants': 1}), mock.call()]
+        mock.call(search_opts={'all_tenants': 1}),
+        mock.call(search_opts=None)]
+
+
+def test_list_all_passes_a_metadata_filter_to_cinder():
+    client = mock.Mock()
+    client.volumes.list.side_effect = [cinder_exc.Forbidden(403), ['mine']]
+    assert cinder.Volumes(client, 1).list_all(metadata={'k': 'v'}) == [
+        'mine']
+    assert client.volumes.list.call_args_list == [
+        mock.call(search_opts={'metadata': {'k': 'v'}, 'all_tenants': 1}),
+        mock.call(search_opts={'metadata': {'k': 'v'}})]
 
 
 def test_list_all_other_errors_are_translated():

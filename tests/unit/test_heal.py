@@ -21,8 +21,10 @@ def connected():
 def reconcile(store, cinder, **kwargs):
     heal_store_volumes = heal.store_volumes
     try:
-        heal.store_volumes = lambda store, volumes: [
-            cinder.get(v) for v in list(cinder.volumes)]
+        heal.store_volumes = lambda store, volumes, uploads_of=None: [
+            cinder.get(v) for v in list(cinder.volumes)
+            if uploads_of in (None, cinder.volumes[v].metadata.get(
+                holders.UPLOAD_HOST))]
         return heal.Healer(store).reconcile(cinder, **kwargs)
     finally:
         heal.store_volumes = heal_store_volumes
@@ -262,12 +264,62 @@ def test_periodic_pass_runs_once_per_interval_host_wide(
         store, cinder, monkeypatch):
     calls = []
     monkeypatch.setattr(heal.Healer, 'reconcile',
-                        lambda self, volumes: calls.append(1) or [])
+                        lambda self, volumes, everything: calls.append(
+                            everything) or [])
     first = heal.Periodic(store, 60)
     second = heal.Periodic(store, 60)
     assert first.run_once() == []
     assert second.run_once() is None        # ran just now on this host
-    assert calls == [1]
+    assert calls == [True]
+
+
+def test_periodic_passes_list_every_volume_only_now_and_then(
+        store, cinder, monkeypatch):
+    """Between two full listings a pass asks for this host's uploads."""
+    calls = []
+    monkeypatch.setattr(heal.Healer, 'reconcile',
+                        lambda self, volumes, everything: calls.append(
+                            everything) or [])
+    periodic = heal.Periodic(store, 0)
+    for _ in range(3):
+        periodic.run_once()
+    assert calls == [True, False, False]
+    listed = periodic._stamp('listed')
+    old = time.time() - heal.FULL_LISTING_EVERY - 1
+    os.utime(listed, (old, old))
+    periodic.run_once()
+    assert calls == [True, False, False, True]
+
+
+def test_a_pass_of_this_host_asks_cinder_for_its_uploads_only(
+        store, cinder, monkeypatch):
+    asked = []
+    monkeypatch.setattr(cinder, 'list_all', lambda metadata=None: asked.append(
+        metadata) or [], raising=False)
+    healer = heal.Healer(store)
+    healer.reconcile(cinder, everything=False)
+    healer.reconcile(cinder)
+    healer.reconcile(cinder, everything=False, untracked=True)
+    healer.reconcile(cinder, everything=False, stale_after=600)
+    assert asked == [{holders.UPLOAD_HOST: holders.host_name()},
+                     None, None, None]
+
+
+def test_an_upload_names_its_host_beside_its_mark(store, cinder, context):
+    created = []
+    real = cinder.create
+
+    def create(size_gb, name, metadata, volume_type):
+        created.append(dict(metadata))
+        return real(size_gb, name, metadata, volume_type)
+    cinder.create = create
+    store.add('img-1', io.BytesIO(b'x' * 1000), 1000, 'sha256',
+              context=context)
+    assert created[0][holders.UPLOAD_HOST] == holders.host_name()
+    assert holders.UPLOAD_MARK in created[0]
+    volume = next(iter(cinder.volumes.values()))
+    assert holders.UPLOAD_HOST not in volume.metadata    # finished
+    assert holders.UPLOAD_MARK not in volume.metadata
 
 
 # -- device identity ---------------------------------------------------------
