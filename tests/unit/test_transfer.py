@@ -84,6 +84,32 @@ def test_round_trip(device, case, green, monkeypatch):
         assert f.read(1) in (b'\xff', b'')
 
 
+class Recording(io.BytesIO):
+    """A source that notes the size of every read asked of it."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.asked = []
+
+    def read(self, n=-1):
+        self.asked.append(n)
+        return super().read(n)
+
+
+@pytest.mark.parametrize('green', [False, True])
+def test_the_source_is_read_in_pieces_of_an_http_chunk(device, green,
+                                                       monkeypatch):
+    """Glance's chunked-input reader copies more, the more a read asks."""
+    monkeypatch.setattr(transfer, 'threads_are_green', lambda: green)
+    data = mixed_bytes(6 * MiB + 123)
+    source = Recording(data)
+    result = transfer.write_image(source, device, len(data),
+                                  capacity=8 * MiB, chunk_size=4 * MiB)
+    assert result.checksum == hashlib.md5(data).hexdigest()
+    assert set(source.asked) == {transfer.SOURCE_PIECE}
+    assert b''.join(transfer.read_range(device, 0, len(data))) == data
+
+
 def test_zero_runs_are_not_written(tmp_path):
     path = str(tmp_path / 'thin')
     with open(path, 'wb') as f:
