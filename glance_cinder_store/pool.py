@@ -9,7 +9,7 @@ holder in the host's attachment records).  An add of at most 1 GiB (or of
 unknown size) claims one without a Cinder call, writes through the
 attachment the pool made, and renames the volume ``image-<id>`` with its
 final metadata in the one update it makes anyway; a background thread then
-creates and attaches the replacement.
+creates and attaches the replacement once the host is quiet.
 
 A pool volume never leaks:
 
@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 import uuid
 
 from glance_cinder_store import holders
@@ -42,6 +43,13 @@ POOL_MARK = 'glance_cinder_store_pool'
 VOLUME_GB = 1
 #: Longest wait between two refill attempts after failures (quota...).
 MAX_BACKOFF = 60.0
+#: A refill waits until the host has transferred no image for this long,
+#: at most REFILL_WAIT_MAX: a burst of uploads draws the pool down and the
+#: quiet after it fills it again, rather than the refill's Cinder calls
+#: (create, attach: about 0.2 s of Cinder's CPU each) competing with the
+#: burst for the host.
+REFILL_QUIET = 1.0
+REFILL_WAIT_MAX = 10.0
 
 
 def is_pool_volume(volume):
@@ -142,7 +150,9 @@ class VolumePool:
         while not self._closed.is_set():
             try:
                 while self._wanted() and not self._closed.is_set():
-                    self._add_one()
+                    self._wait_for_quiet()
+                    if not self._closed.is_set():
+                        self._add_one()
                 backoff = 1.0
                 timeout = self.heartbeat_interval or None
             except Exception as e:
@@ -155,6 +165,15 @@ class VolumePool:
             elif self.heartbeat_interval and not self._closed.is_set():
                 self._refresh_marks()
         self._drain()
+
+    def _wait_for_quiet(self):
+        if self._attachments is None:
+            return
+        activity = self._attachments.activity
+        deadline = time.monotonic() + REFILL_WAIT_MAX
+        while not self._closed.is_set() and time.monotonic() < deadline:
+            if activity.wait_quiet(REFILL_QUIET, REFILL_QUIET + 0.5):
+                return
 
     def _wanted(self):
         with self._lock:

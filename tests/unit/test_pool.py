@@ -29,6 +29,12 @@ def pool_volumes(cinder):
     return [v for v in cinder.volumes.values() if pool.is_pool_volume(v)]
 
 
+@pytest.fixture(autouse=True)
+def refill_at_once(monkeypatch):
+    """Refills wait for no quiet second (the test that says so aside)."""
+    monkeypatch.setattr(pool, 'REFILL_QUIET', 0)
+
+
 @pytest.fixture
 def pooled(make_store, cinder):
     made = []
@@ -50,6 +56,35 @@ def test_pool_is_off_by_default(store, cinder):
     store.add(IMAGE_ID, io.BytesIO(b'x' * 10), 10, 'sha256')
     assert [c[0] for c in cinder.calls].count('create') == 1
     assert pool_volumes(cinder) == []
+
+
+def test_the_pool_is_refilled_once_the_host_is_quiet(pooled, cinder,
+                                                     context, monkeypatch):
+    """A burst of uploads draws the pool down; the quiet after refills it."""
+    monkeypatch.setattr(pool, 'REFILL_QUIET', 0.3)
+    store = pooled(size=1)
+
+    def creates():
+        return [c[0] for c in cinder.calls].count('create')
+    before = creates()
+    with store.attachments.activity.running():     # another transfer
+        store.add(IMAGE_ID, io.BytesIO(b'abc'), 3, 'sha256',
+                  context=context)
+        time.sleep(0.6)
+        assert creates() == before and len(store._pool) == 0
+    wait_until(lambda: len(store._pool) == 1)
+    assert creates() == before + 1
+
+
+def test_a_busy_host_refills_its_pool_after_a_while(pooled, cinder, context,
+                                                    monkeypatch):
+    monkeypatch.setattr(pool, 'REFILL_QUIET', 0.2)
+    monkeypatch.setattr(pool, 'REFILL_WAIT_MAX', 0.5)
+    store = pooled(size=1)
+    with store.attachments.activity.running():     # busy for good
+        store.add(IMAGE_ID, io.BytesIO(b'abc'), 3, 'sha256',
+                  context=context)
+        wait_until(lambda: len(store._pool) == 1)
 
 
 def test_pool_volumes_are_marked_for_the_healer(pooled, cinder):
