@@ -200,7 +200,9 @@ Pool volumes are attached read-write to the host ahead of time. An upload
 of at most 1 GiB (or of unknown size) claims one without a Cinder call
 instead of creating, waiting for and attaching a volume (about 0.4 s of a
 1 MiB upload), renames it with its final metadata, and the process creates
-and attaches a replacement in the background. Needs the ``cinder_store_*``
+and attaches a replacement in the background once the host has transferred
+no image for a second (at most 10 s later): a burst of uploads draws the
+pool down, the quiet after it fills it again. Needs the ``cinder_store_*``
 service credentials. Pool volumes count against the service project's
 volume and gigabyte quotas and hold one attachment each on the host (this
 many per glance-api process and store). They are named
