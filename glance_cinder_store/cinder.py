@@ -284,6 +284,10 @@ class Volumes:
     #: attempts of a non-idempotent create whose answer was uncertain
     CREATE_ATTEMPTS = 3
 
+    #: Cinder answered a metadata filter with 400 (not enabled for us):
+    #: this process lists without it from then on.
+    metadata_filter_refused = False
+
     def __init__(self, client, timeout, attach_retries=5, once=None,
                  busy_min_wait=0.0, settling=None):
         self.client = client
@@ -325,8 +329,24 @@ class Volumes:
 
         ``metadata``: only volumes with these metadata values (Cinder
         filters them, a query instead of a listing of the whole cloud).
+        A Cinder whose ``resource_filters.json`` does not enable the
+        metadata filter for this user refuses it (400): then every volume
+        is listed, and the caller judges each.
         """
-        only = {'metadata': metadata} if metadata else {}
+        if metadata and not Volumes.metadata_filter_refused:
+            try:
+                return self._list_all({'metadata': metadata})
+            except exceptions.BackendException as e:
+                if not isinstance(e.__context__, cinder_exc.BadRequest):
+                    raise
+                LOG.warning('Cinder refuses to filter volumes by metadata '
+                            '(%s); this process lists every volume instead '
+                            '(enable "metadata" for volumes in Cinder\'s '
+                            'resource_filters.json)', e)
+                Volumes.metadata_filter_refused = True
+        return self._list_all({})
+
+    def _list_all(self, only):
         try:
             with translated_errors('listing the volumes of all projects'):
                 return self.client.volumes.list(

@@ -244,6 +244,22 @@ def test_list_all_falls_back_to_own_project_when_forbidden():
         mock.call(search_opts=None)]
 
 
+def test_list_all_lists_everything_when_cinder_refuses_the_filter(
+        monkeypatch):
+    monkeypatch.setattr(cinder.Volumes, 'metadata_filter_refused', False)
+    client = mock.Mock()
+    refused = cinder_exc.BadRequest(
+        400, 'Invalid filters metadata are found in query options.')
+    client.volumes.list.side_effect = [refused, ['all'], ['all again']]
+    volumes = cinder.Volumes(client, 1)
+    assert volumes.list_all(metadata={'k': 'v'}) == ['all']
+    assert volumes.list_all(metadata={'k': 'v'}) == ['all again']
+    assert client.volumes.list.call_args_list == [
+        mock.call(search_opts={'metadata': {'k': 'v'}, 'all_tenants': 1}),
+        mock.call(search_opts={'all_tenants': 1}),
+        mock.call(search_opts={'all_tenants': 1})]      # not asked again
+
+
 def test_list_all_passes_a_metadata_filter_to_cinder():
     client = mock.Mock()
     client.volumes.list.side_effect = [cinder_exc.Forbidden(403), ['mine']]
