@@ -270,19 +270,24 @@ class HostAttachments:
         record = self.records.load(volume_id)
         return record is not None and bool(record.holders)
 
+    def _peek(self, volume_id):
+        """The record for a look, None if there is none or it is unreadable.
+
+        Only for hints (how to read, whether to fill): decisions that
+        change the record go through ``_load``, which rebuilds a bad one.
+        """
+        try:
+            return self.records.load(volume_id)
+        except holders.CorruptRecord:
+            return None
+
     def _read_by_others(self, volume_id):
         """Whether more than one process of the host holds the device."""
-        try:
-            record = self.records.load(volume_id)
-        except holders.CorruptRecord:
-            return False
+        record = self._peek(volume_id)
         return record is not None and len(record.holders) > 1
 
     def _in_page_cache(self, volume_id):
-        try:
-            record = self.records.load(volume_id)
-        except holders.CorruptRecord:
-            return False
+        record = self._peek(volume_id)
         return record is not None and bool(record.in_page_cache)
 
     def _filled(self, volume_id, attachment_id):
@@ -323,10 +328,7 @@ class HostAttachments:
         volume = self.warm.volume(volume_id)
         if volume is not None:
             return volume
-        try:
-            record = self.records.load(volume_id)
-        except holders.CorruptRecord:
-            return None
+        record = self._peek(volume_id)
         if (record is None or record.mode != 'ro' or not record.joinable or
                 not record.volume or
                 record.boot not in (None, holders.boot_id())):

@@ -260,12 +260,18 @@ def test_failed_attachment_delete_is_never_joined(store, cinder):
     assert cinder.attachments == {}
 
 
-def test_periodic_pass_runs_once_per_interval_host_wide(
-        store, cinder, monkeypatch):
+def _passes(monkeypatch):
+    """Record each pass's ``everything`` instead of reconciling."""
     calls = []
     monkeypatch.setattr(heal.Healer, 'reconcile',
                         lambda self, volumes, everything: calls.append(
                             everything) or [])
+    return calls
+
+
+def test_periodic_pass_runs_once_per_interval_host_wide(
+        store, cinder, monkeypatch):
+    calls = _passes(monkeypatch)
     first = heal.Periodic(store, 60)
     second = heal.Periodic(store, 60)
     assert first.run_once() == []
@@ -276,10 +282,7 @@ def test_periodic_pass_runs_once_per_interval_host_wide(
 def test_periodic_passes_list_every_volume_only_now_and_then(
         store, cinder, monkeypatch):
     """Between two full listings a pass asks for this host's uploads."""
-    calls = []
-    monkeypatch.setattr(heal.Healer, 'reconcile',
-                        lambda self, volumes, everything: calls.append(
-                            everything) or [])
+    calls = _passes(monkeypatch)
     periodic = heal.Periodic(store, 0)
     for _ in range(3):
         periodic.run_once()

@@ -756,6 +756,18 @@ def test_a_writer_whose_detach_fails_fails_the_add_clearly(store, cinder):
     assert 'set_readonly' not in [c[0] for c in cinder.calls]
 
 
+def _read_modes(monkeypatch):
+    """The keyword arguments of every device read the store starts."""
+    modes = []
+    real = store_mod.transfer.read_range
+
+    def read_range(target, offset, length, **kw):
+        modes.append(kw)
+        return real(target, offset, length, **kw)
+    monkeypatch.setattr(store_mod.transfer, 'read_range', read_range)
+    return modes
+
+
 def test_a_whole_buffered_read_leaves_the_image_marked_in_memory(
         make_store, cinder, context, monkeypatch):
     """A whole buffered read is as good as a fill.
@@ -766,14 +778,7 @@ def test_a_whole_buffered_read_leaves_the_image_marked_in_memory(
     store = make_store(cinder_plus_attach_grace_period=60)
     data = data_of(1024 * 1024 + 5)
     loc = _stored(store, context, data)
-    modes = []
-    real = store_mod.transfer.read_range
-
-    def read_range(target, offset, length, **kw):
-        modes.append(kw['direct'])
-        assert kw['leave_direct'] is not None
-        return real(target, offset, length, **kw)
-    monkeypatch.setattr(store_mod.transfer, 'read_range', read_range)
+    modes = _read_modes(monkeypatch)
     monkeypatch.setattr(store.attachments.keepers, 'fill',
                         lambda *a, **kw: None)     # no background fill
     volume_id = loc.store_location.volume_id
@@ -788,7 +793,8 @@ def test_a_whole_buffered_read_leaves_the_image_marked_in_memory(
     assert store.attachments.records.load(volume_id).in_page_cache
     third, _ = store.get(loc, context=context)
     assert b''.join(third) == data
-    assert modes == [True, False, False, False]
+    assert [m['direct'] for m in modes] == [True, False, False, False]
+    assert all(m['leave_direct'] is not None for m in modes)
     store.attachments.warm.close()
     no_leaks(cinder)
 
@@ -799,13 +805,7 @@ def test_second_download_of_a_warm_image_reads_the_page_cache(
     store = make_store(cinder_plus_attach_grace_period=60)
     data = data_of(1024 * 1024 + 5)
     loc = _stored(store, context, data)
-    modes = []
-    real = store_mod.transfer.read_range
-
-    def read_range(target, offset, length, **kw):
-        modes.append(kw['direct'])
-        return real(target, offset, length, **kw)
-    monkeypatch.setattr(store_mod.transfer, 'read_range', read_range)
+    modes = _read_modes(monkeypatch)
     volume_id = loc.store_location.volume_id
     for _ in range(3):
         it, _ = store.get(loc, context=context)
@@ -814,6 +814,6 @@ def test_second_download_of_a_warm_image_reads_the_page_cache(
             if store.attachments.records.load(volume_id).in_page_cache:
                 break
             time.sleep(0.01)
-    assert modes == [True, False, False]
+    assert [m['direct'] for m in modes] == [True, False, False]
     store.attachments.warm.close()
     no_leaks(cinder)

@@ -414,16 +414,17 @@ def run_repeat(api, cfg, stores=STORES):
             out[s]['conc_upload_wall_s'] = wall
             out[s]['conc_upload_mbps'] = common.rate(n_up * conc, wall)
             out[s]['conc_upload_each_s'] = each
-            wall, each = _parallel([
-                (lambda i=i: api.download(ids[0], conc, clients[i]))
-                for i in range(n_down)])
+
+            def burst():
+                return _parallel([
+                    (lambda i=i: api.download(ids[0], conc, clients[i]))
+                    for i in range(n_down)])
+            wall, each = burst()
             out[s]['conc_download_wall_s'] = wall
             out[s]['conc_download_mbps'] = common.rate(n_down * conc, wall)
             out[s]['conc_download_first_byte_s'] = [e[0] for e in each]
             # the same burst again: an image many read a moment ago
-            wall, each = _parallel([
-                (lambda i=i: api.download(ids[0], conc, clients[i]))
-                for i in range(n_down)])
+            wall, _ = burst()
             out[s]['conc_download_again_mbps'] = common.rate(n_down * conc,
                                                              wall)
             log('http %-8s %d x %d MiB uploads: %.0f MB/s total; %d '
