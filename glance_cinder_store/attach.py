@@ -535,9 +535,9 @@ class HostAttachments:
         return self._detach_unused(volumes, volume_id,
                                    spare_lingering=not force)
 
-    def _released_elsewhere(self, volumes, volume_ids):
+    def _released_elsewhere(self, volumes, volume_ids, each):
         """Ids of volumes another host asked us to let go of."""
-        return volumes.release_requested(volume_ids)
+        return volumes.release_requested(volume_ids, each=each)
 
     def _detach(self, volumes, record):
         """Undo ``record`` as far as it got: ACL, device, attachment, file.

@@ -289,8 +289,11 @@ class Volumes:
     metadata_filter_refused = False
 
     def __init__(self, client, timeout, attach_retries=5, once=None,
-                 busy_min_wait=0.0, settling=None):
+                 busy_min_wait=0.0, settling=None, as_service=False):
         self.client = client
+        #: made with the store's own credentials: any two such instances
+        #: of a store may ask Cinder the same things for each other
+        self.as_service = as_service
         self.settling = settling or Settling()
         self.once = once or client
         self.timeout = timeout
@@ -333,18 +336,24 @@ class Volumes:
         metadata filter for this user refuses it (400): then every volume
         is listed, and the caller judges each.
         """
-        if metadata and not Volumes.metadata_filter_refused:
-            try:
-                return self._list_all({'metadata': metadata})
-            except exceptions.BackendException as e:
-                if not isinstance(e.__context__, cinder_exc.BadRequest):
-                    raise
-                LOG.warning('Cinder refuses to filter volumes by metadata '
-                            '(%s); this process lists every volume instead '
-                            '(enable "metadata" for volumes in Cinder\'s '
-                            'resource_filters.json)', e)
-                Volumes.metadata_filter_refused = True
-        return self._list_all({})
+        found = self._with_metadata(metadata) if metadata else None
+        return self._list_all({}) if found is None else found
+
+    def _with_metadata(self, metadata):
+        """Volumes with these metadata values; None if Cinder won't filter."""
+        if Volumes.metadata_filter_refused:
+            return None
+        try:
+            return self._list_all({'metadata': metadata})
+        except exceptions.BackendException as e:
+            if not isinstance(e.__context__, cinder_exc.BadRequest):
+                raise
+            LOG.warning('Cinder refuses to filter volumes by metadata (%s); '
+                        'this process lists every volume or looks at each '
+                        'instead (enable "metadata" for volumes in Cinder\'s '
+                        'resource_filters.json)', e)
+            Volumes.metadata_filter_refused = True
+            return None
 
     def _list_all(self, only):
         try:
@@ -538,8 +547,19 @@ class Volumes:
                         volume_id, e)
             return False
 
-    def release_requested(self, volume_ids):
-        """Those of ``volume_ids`` another host wants (or that are gone)."""
+    def release_requested(self, volume_ids, each=True):
+        """Those of ``volume_ids`` another host wants (or that are gone).
+
+        ``each`` False: one query for the volumes carrying the release
+        mark instead of a GET per volume.  That query cannot tell that a
+        volume is gone (force-deleted while we held it), so a caller that
+        asks often still asks with ``each`` now and then.
+        """
+        if not each and len(volume_ids) > 1:
+            marked = self._with_metadata({RELEASE_MARK: 'wanted'})
+            if marked is not None:
+                marked_ids = {volume.id for volume in marked}
+                return [v for v in volume_ids if v in marked_ids]
         wanted = []
         for volume_id in volume_ids:
             try:

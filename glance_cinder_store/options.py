@@ -58,8 +58,10 @@ and a Cinder attachment.  0 turns the cache off.
 Seconds between two checks, while the warm attachment cache holds
 something, whether another host asked for one of its volumes.
 
-Each check costs one Cinder volume GET per idle attachment of the process.
-A delete on another host waits at most about this long for us.
+Each check costs one Cinder query (the volumes carrying the release mark,
+through Cinder's metadata filter), and every 12th check one volume GET per
+idle attachment of the process, which also notices a volume deleted behind
+our back. A delete on another host waits at most about this long for us.
 """),
     cfg.BoolOpt('cinder_plus_prestart_privsep',
                 default=True,

@@ -103,7 +103,8 @@ class CinderStore(glance_store.driver.Store):
             conf.cinder_attachment_retry_attempts,
             once=self.clients.client(context, idempotent=False),
             busy_min_wait=3 * conf.cinder_plus_warm_check_interval,
-            settling=self._settling)
+            settling=self._settling,
+            as_service=self.clients.uses_service_credentials)
 
     def configure_add(self):
         try:

@@ -560,8 +560,7 @@ class DeviceReader:
     def read_into(self, view, n, at):
         """Read at most ``n`` bytes at ``at`` into ``view``; how many."""
         if self.direct_fd is not None and self._joined():
-            self._close_direct()    # buffered from here on, shared
-            self._read_sequentially()
+            self._turn_buffered()   # from here on, shared with the others
         if self.direct_fd is not None:
             if at % ALIGN:
                 n = min(n, ALIGN - at % ALIGN)  # then aligned reads follow
@@ -572,9 +571,14 @@ class DeviceReader:
                 except OSError as e:
                     if e.errno != errno.EINVAL:
                         raise
-                    # the device refuses O_DIRECT after all: buffered
-                    self._close_direct()
+                    # the device refuses O_DIRECT after all
+                    self._turn_buffered()
         return os.preadv(self.fd, [view[:n]], at)
+
+    def _turn_buffered(self):
+        """Read the rest buffered, with the kernel's sequential read-ahead."""
+        self._close_direct()
+        self._read_sequentially()
 
     def _close_direct(self):
         fd, self.direct_fd = self.direct_fd, None

@@ -17,7 +17,7 @@ An attachment goes:
   (attach.py detaches an idle attachment before anything else);
 * within ``check_interval`` seconds, when another host asked for the volume
   (a delete there, or a reader of a volume that cannot be attached twice):
-  ``released_elsewhere`` tells, one Cinder look-up per check.
+  ``released_elsewhere`` tells, one Cinder query per check.
 
 Nothing here must survive a crash: the record says since when the
 attachment is idle, so the next user of the volume, ``recover`` or the
@@ -37,12 +37,20 @@ LOG = logging.getLogger(__name__)
 class WarmCache:
     """Idle read-only attachments of this process, least recently used first.
 
+    Each check for release requests is one Cinder query for the marked
+    volumes, and every ``LOOK_AT_EACH_EVERY``-th a GET per volume, which
+    also finds a volume deleted behind our back.
+
     :param evict: ``evict(volume_id, volumes, force)`` detaches the volume
         if nobody uses it; ``force`` False keeps it when another process
         left it idle more recently (that one keeps it warm then).
-    :param released_elsewhere: ``released_elsewhere(volumes, volume_ids)``
-        returns the ids another host asked us to let go of.
+    :param released_elsewhere: ``released_elsewhere(volumes, volume_ids,
+        each)`` returns the ids another host asked us to let go of (with
+        ``each``, looking at each volume).
     """
+
+    #: every this many checks, each volume is looked at by itself
+    LOOK_AT_EACH_EVERY = 12
 
     def __init__(self, size, idle, check_interval, evict,
                  released_elsewhere=None):
@@ -58,6 +66,7 @@ class WarmCache:
         self._thread = None
         self._pid = None
         self._last_check = 0.0
+        self._checks = 0
 
     @property
     def enabled(self):
@@ -164,19 +173,30 @@ class WarmCache:
                 now - self._last_check < self.check_interval):
             return []
         self._last_check = now
-        by_client = {}
-        with self._lock:
-            for volume_id, (volumes, _) in self._entries.items():
-                by_client.setdefault(id(volumes), (volumes, []))[1].append(
-                    volume_id)
+        self._checks += 1
+        each = self._checks % self.LOOK_AT_EACH_EVERY == 0
         wanted = []
-        for volumes, ids in by_client.values():
+        for volumes, ids in self._by_credentials():
             try:
-                wanted.extend(self._released_elsewhere(volumes, ids))
+                wanted.extend(self._released_elsewhere(volumes, ids, each))
             except Exception as e:
                 LOG.warning('warm attachment cache: cannot ask Cinder '
                             'whether another host needs %s: %s', ids, e)
         return wanted
+
+    def _by_credentials(self):
+        """[(volumes, ids)]: one question to Cinder per set of credentials.
+
+        The store's own credentials (``as_service``) answer for every
+        volume; a user's answer only for the volumes that user read.
+        """
+        groups = {}
+        with self._lock:
+            for volume_id, (volumes, _) in self._entries.items():
+                key = ('service' if getattr(volumes, 'as_service', False)
+                       else id(volumes))
+                groups.setdefault(key, (volumes, []))[1].append(volume_id)
+        return list(groups.values())
 
     def _let_go(self, volume_id, force, why):
         with self._lock:

@@ -188,7 +188,7 @@ class FakeVolumes:
         self._vol(volume_id).metadata[cinder.RELEASE_MARK] = 'wanted'
         return True
 
-    def release_requested(self, volume_ids):
+    def release_requested(self, volume_ids, each=True):
         from glance_cinder_store import cinder
         self._call('release_requested', tuple(volume_ids))
         return [v for v in volume_ids if v not in self.volumes or

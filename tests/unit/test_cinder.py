@@ -392,6 +392,34 @@ def test_release_requested_by_mark_or_gone():
         ['a', 'b', 'c']) == ['a', 'c']
 
 
+def test_release_requested_of_several_is_one_filtered_query(monkeypatch):
+    monkeypatch.setattr(cinder.Volumes, 'metadata_filter_refused', False)
+    client = mock.Mock()
+    client.volumes.list.return_value = [mock.Mock(id='b'),
+                                        mock.Mock(id='elsewhere')]
+    assert cinder.Volumes(client, 1).release_requested(
+        ['a', 'b', 'c'], each=False) == ['b']
+    client.volumes.list.assert_called_once_with(search_opts={
+        'metadata': {cinder.RELEASE_MARK: 'wanted'}, 'all_tenants': 1})
+    client.volumes.get.assert_not_called()
+
+
+def test_release_requested_looks_at_each_when_cinder_will_not_filter(
+        monkeypatch):
+    monkeypatch.setattr(cinder.Volumes, 'metadata_filter_refused', False)
+    client = mock.Mock()
+    client.volumes.list.side_effect = cinder_exc.BadRequest(400, 'filters')
+    client.volumes.get.side_effect = [
+        mock.Mock(metadata={}), mock.Mock(metadata={cinder.RELEASE_MARK: 'x'})]
+    volumes = cinder.Volumes(client, 1)
+    assert volumes.release_requested(['a', 'b'], each=False) == ['b']
+    # never a listing of every volume, and not asked again
+    client.volumes.list.assert_called_once()
+    client.volumes.get.side_effect = [mock.Mock(metadata={})] * 2
+    assert volumes.release_requested(['a', 'b'], each=False) == []
+    client.volumes.list.assert_called_once()
+
+
 def test_polls_fast_for_the_first_second():
     states = [mock.Mock(attempt_number=n) for n in (1, 10, 20, 21, 40)]
     waits = [cinder._poll_wait(s) for s in states]

@@ -375,10 +375,16 @@ def test_a_device_refusing_o_direct_is_read_buffered(tmp_path, monkeypatch):
             raise OSError(errno.EINVAL, 'no O_DIRECT here')
         return real(fd, buffers, at, *flags)
     monkeypatch.setattr(transfer.os, 'preadv', preadv)
+    advice = []
+    real_fadvise = os.posix_fadvise
+    monkeypatch.setattr(transfer.os, 'posix_fadvise',
+                        lambda fd, at, n, how: (advice.append(how),
+                                                real_fadvise(fd, at, n, how)))
     assert b''.join(transfer.read_range(str(path), 0, len(data),
                                         chunk_size=CHUNK,
                                         direct=True)) == data
     assert refused == [0]       # asked once, then buffered
+    assert advice == [os.POSIX_FADV_SEQUENTIAL]     # with read-ahead
 
 
 def test_handle_targets(tmp_path):

@@ -1,6 +1,7 @@
 """The warm attachment cache: bounds, LRU, expiry, yielding to others."""
 
 import time
+import types
 
 import pytest
 
@@ -22,7 +23,8 @@ def cache(size=2, idle=60, check=5, wanted=None):
     evict = Evictions()
     c = warm.WarmCache(size, idle, check, evict,
                        None if wanted is None else
-                       (lambda volumes, ids: [i for i in ids if i in wanted]))
+                       (lambda volumes, ids, each:
+                        [i for i in ids if i in wanted]))
     c._start = lambda: None         # no sweeper thread: tests call sweep()
     return c, evict
 
@@ -63,9 +65,46 @@ def test_another_host_asking_makes_it_go_at_the_next_check():
     now = time.monotonic()
     c.sweep(now=now + 6)
     assert evict.calls == [('b', True)]
-    c._released_elsewhere = lambda volumes, ids: list(ids)
+    c._released_elsewhere = lambda volumes, ids, each: list(ids)
     c.sweep(now=now + 7)            # checked less than 5 s ago
     assert 'a' in c
+
+
+class Asked:
+    """A released_elsewhere that records each question."""
+
+    def __init__(self):
+        self.questions = []
+
+    def __call__(self, volumes, ids, each):
+        self.questions.append((volumes, sorted(ids), each))
+        return []
+
+
+def test_one_question_for_all_the_stores_own_attachments():
+    c, _ = cache(size=4, check=5)
+    asked = c._released_elsewhere = Asked()
+    service_a = types.SimpleNamespace(as_service=True)
+    service_b = types.SimpleNamespace(as_service=True)
+    user = types.SimpleNamespace(as_service=False)  # asks for its own only
+    c.keep('a', service_a)
+    c.keep('b', service_b)
+    c.keep('u', user)
+    c.sweep(now=time.monotonic() + 6)
+    assert asked.questions == [(service_a, ['a', 'b'], False),
+                               (user, ['u'], False)]
+
+
+def test_every_so_often_each_volume_is_looked_at():
+    c, _ = cache(idle=1000, check=5)
+    asked = c._released_elsewhere = Asked()
+    c.keep('a', 'vols')
+    now = time.monotonic()
+    for n in range(1, 2 * warm.WarmCache.LOOK_AT_EACH_EVERY + 1):
+        c.sweep(now=now + 6 * n)
+    each = [n for n, (_, _, look) in enumerate(asked.questions, 1) if look]
+    assert each == [warm.WarmCache.LOOK_AT_EACH_EVERY,
+                    2 * warm.WarmCache.LOOK_AT_EACH_EVERY]
 
 
 def test_disabled_by_size_or_idle():
