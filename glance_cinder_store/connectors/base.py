@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import stat
+import uuid as uuid_lib
 
 from glance_store import exceptions
 import os_brick
@@ -128,9 +129,6 @@ class Connection:
 
     def mismatch(self, identity, volume_id):
         """Why ``identity`` is not ``volume_id``'s device, if we can tell."""
-        uuid = self.properties.get('vol_uuid')
-        if uuid and identity.get('uuid') and identity['uuid'] != uuid:
-            return 'namespace uuid %s, expected %s' % (identity['uuid'], uuid)
         return None
 
 
@@ -143,14 +141,56 @@ def _read_sys(path):
 
 
 class NvmeConnection(Connection):
-    """NVMe-oF: the namespace's uuid is the one Cinder named."""
+    """NVMe-oF: the namespace's uuid and nguid are the ones Cinder named.
+
+    Cinder's drivers write them with or without hyphens, in either case;
+    sysfs shows them hyphenated and lower case (os-brick finds the device
+    by them, normalised the same way).
+    """
+
+    #: sysfs attribute of the namespace -> connection property naming it
+    IDS = (('uuid', 'vol_uuid'), ('nguid', 'volume_nguid'))
 
     def claims(self, real_path):
         found = super().claims(real_path)
-        uuid = _read_sys('/sys/block/%s/uuid' % os.path.basename(real_path))
-        if uuid:
-            found['uuid'] = uuid
+        name = os.path.basename(real_path)
+        for attribute, _ in self.IDS:
+            path = '/sys/block/%s/%s' % (name, attribute)
+            value = _as_uuid(_read_sys(path))
+            if value:
+                found[attribute] = value
         return found
+
+    def mismatch(self, identity, volume_id):
+        target = self._target()
+        for attribute, prop in self.IDS:
+            expected = _as_uuid(target.get(prop))
+            found = identity.get(attribute)
+            if expected and found and found != expected:
+                return 'namespace %s %s, expected %s' % (attribute, found,
+                                                         expected)
+        return None
+
+    def _target(self):
+        """The properties that name the namespace os-brick connected.
+
+        In the replicated form the top-level ``vol_uuid`` is Cinder's
+        volume id, not a namespace's: the one replica's properties name
+        the device; with several, the device is a RAID of them, which has
+        no namespace ids of its own.
+        """
+        replicas = self.properties.get('volume_replicas')
+        if replicas is None:
+            return self.properties
+        return replicas[0] if len(replicas) == 1 else {}
+
+
+def _as_uuid(value):
+    """``value`` as a hyphenated lower-case uuid; None if it is not one."""
+    try:
+        return str(uuid_lib.UUID(value.strip()))
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 class LocalConnection(Connection):

@@ -60,6 +60,117 @@ def test_encrypted_volumes_are_refused(factory):
         connection(ISCSI, volume=volume).connect()
 
 
+NS_UUID = '9a3c1f0e-5b7d-4c2a-8e61-0f4b2d7c9e13'
+NVME = {'driver_volume_type': 'nvmeof', 'target_nqn': 'nqn.2014-08.x:vol',
+        'portals': [['10.0.0.2', 4420, 'tcp']],
+        # as some drivers write it: no hyphens, upper case
+        'vol_uuid': NS_UUID.replace('-', '').upper()}
+
+
+@pytest.fixture
+def sysfs(monkeypatch):
+    """/sys/block/<name>/<attribute> values, for the devices of a test."""
+    values = {}
+    monkeypatch.setattr(base, '_read_sys', values.get)
+    return values
+
+
+def nvme_device(tmp_path, sysfs, uuid=NS_UUID, nguid=None):
+    """A file named like the namespace's device, its sysfs ids beside."""
+    path = tmp_path / 'nvme0n1'
+    path.write_bytes(b'')
+    sysfs['/sys/block/nvme0n1/uuid'] = uuid + '\n'
+    if nguid:
+        sysfs['/sys/block/nvme0n1/nguid'] = nguid
+    return {'type': 'block', 'path': str(path)}
+
+
+def test_nvme_uses_the_nvme_connection(factory):
+    conn = connection(NVME)
+    assert isinstance(conn, base.NvmeConnection) and conn.local_path
+    factory.assert_called_once_with('nvmeof', mock.ANY, use_multipath=False,
+                                    conn=NVME)
+    assert conn.connect() == {'type': 'block', 'path': '/dev/sdx'}
+    conn.brick.connect_volume.assert_called_once_with(NVME)
+    conn.disconnect({'path': '/dev/nvme0n1'})
+    conn.brick.disconnect_volume.assert_called_once_with(
+        NVME, {'path': '/dev/nvme0n1'}, force=True)
+    conn.brick.extend_volume.return_value = 3 * 1024 ** 3
+    assert conn.extend() == 3 * 1024 ** 3
+
+
+def test_nvme_namespace_named_in_another_spelling_is_accepted(
+        factory, tmp_path, sysfs):
+    conn = connection(NVME)
+    device = nvme_device(tmp_path, sysfs)
+    recorded = conn.identity(device)
+    assert recorded['uuid'] == NS_UUID
+    assert conn.check_identity(device, recorded, 'v1') == recorded
+
+
+def test_nvme_namespace_of_another_volume_is_refused(factory, tmp_path,
+                                                     sysfs):
+    conn = connection(NVME)
+    device = nvme_device(tmp_path, sysfs,
+                         uuid='11111111-2222-3333-4444-555555555555')
+    with pytest.raises(exceptions.BackendException,
+                       match='namespace uuid 11111111-.*expected ' + NS_UUID):
+        conn.check_identity(device, {}, 'v1')
+
+
+def test_nvme_namespace_reused_after_connect_is_refused(factory, tmp_path,
+                                                        sysfs):
+    conn = connection(dict(NVME, vol_uuid=None))   # found by ns_id, say
+    device = nvme_device(tmp_path, sysfs)
+    recorded = conn.identity(device)
+    sysfs['/sys/block/nvme0n1/uuid'] = '11111111-2222-3333-4444-555555555555'
+    with pytest.raises(exceptions.BackendException, match='uuid changed'):
+        conn.check_identity(device, recorded, 'v1')
+
+
+def test_nvme_nguid_is_checked_too(factory, tmp_path, sysfs):
+    nguid = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0'
+    conn = connection(dict(NVME, vol_uuid=None,
+                           volume_nguid=nguid.replace('-', '')))
+    device = nvme_device(tmp_path, sysfs, nguid=nguid)
+    assert conn.check_identity(device, {}, 'v1')['nguid'] == nguid
+    sysfs['/sys/block/nvme0n1/nguid'] = NS_UUID
+    with pytest.raises(exceptions.BackendException, match='namespace nguid'):
+        conn.check_identity(device, {}, 'v1')
+
+
+def test_nvme_replicated_form_names_the_namespace_in_its_replica(
+        factory, tmp_path, sysfs):
+    # top level: Cinder's volume id, not the namespace's uuid
+    replica = {'target_nqn': 'nqn.x', 'vol_uuid': NS_UUID,
+               'portals': [['10.0.0.2', 4420, 'tcp']]}
+    one = {'driver_volume_type': 'nvmeof', 'vol_uuid': 'cinder-volume-id',
+           'volume_replicas': [replica], 'replica_count': 1}
+    device = nvme_device(tmp_path, sysfs)
+    assert connection(one).check_identity(device, {}, 'v1')
+    wrong = dict(one, volume_replicas=[dict(replica, vol_uuid='1' * 32)])
+    with pytest.raises(exceptions.BackendException, match='namespace uuid'):
+        connection(wrong).check_identity(device, {}, 'v1')
+    # several replicas: os-brick hands over a RAID of them, no namespace
+    raid = dict(one, volume_replicas=[dict(replica, vol_uuid='1' * 32),
+                                      replica], replica_count=2)
+    assert connection(raid).check_identity(device, {}, 'v1')
+
+
+def test_iscsi_device_reused_for_another_lun_is_refused(factory, tmp_path,
+                                                        sysfs):
+    path = tmp_path / 'sdx'
+    path.write_bytes(b'')
+    device = {'path': str(path)}
+    sysfs['/sys/block/sdx/device/wwid'] = 'naa.600a0b80001'
+    conn = connection(ISCSI)
+    recorded = conn.identity(device)
+    assert recorded['wwid'] == 'naa.600a0b80001'
+    sysfs['/sys/block/sdx/device/wwid'] = 'naa.600a0b80002'
+    with pytest.raises(exceptions.BackendException, match='wwid changed'):
+        conn.check_identity(device, recorded, 'v1')
+
+
 NFS = {'driver_volume_type': 'nfs', 'export': 'srv:/vols',
        'name': 'volume-1', 'options': None, 'format': 'raw'}
 
