@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from glance_cinder_store.cinder import RELEASE_MARK
 from tests.functional import conftest as fx
 
 MiB = 1024 * 1024
@@ -277,6 +278,36 @@ def test_a_new_image_is_warmed_up_and_its_first_download_attaches_nothing(
     glance.images.delete(image.id)
     fx.wait_gone(cinder, vol.id)
     assert not fx.loops_of(vol.id)
+
+
+def test_a_release_request_lets_go_of_exactly_the_volumes_asked_for(
+        glance, cinder, images):
+    """Several images kept warm, three asked for as another host asks.
+
+    Four new images are warmed up after their upload; with two glance-api
+    workers one keeps at least two of them, and its checks find the marked
+    ones with one metadata-filtered query.  The three asked for are let go
+    of within a few checks; the fourth stays warm.
+    """
+    made = [upload(glance, images, pattern(MiB, seed)) for seed in range(4)]
+    vols = [fx.image_volume(cinder, image.id) for image in made]
+    for vol in vols:
+        fx.wait_for(lambda vol=vol: cinder.volumes.get(vol.id).attachments,
+                    30, what='volume %s warmed up' % vol.id)
+    asked, kept = vols[:3], vols[3]
+    t0 = time.monotonic()
+    for vol in asked:
+        cinder.volumes.set_metadata(vol.id, {RELEASE_MARK: 'wanted'})
+    try:
+        fx.wait_for(lambda: not any(cinder.volumes.get(vol.id).attachments
+                                    for vol in asked), 60,
+                    what='the volumes asked for let go of')
+        print('\nthree of four warm volumes let go of %.1f s after the '
+              'request' % (time.monotonic() - t0))
+        assert cinder.volumes.get(kept.id).attachments
+    finally:
+        for vol in asked:
+            cinder.volumes.delete_metadata(vol.id, [RELEASE_MARK])
 
 
 def test_a_new_image_of_a_single_attach_type_is_not_warmed_up(
