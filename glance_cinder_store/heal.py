@@ -33,10 +33,14 @@ LOG = logging.getLogger(__name__)
 SETTLE_TIMEOUT = 15
 
 #: Seconds between two periodic passes of a store that list every volume
-#: (per host).  The passes between ask Cinder only for the volumes marked
-#: as uploads of this host: the listing is the backstop for marks made
-#: before the host was named in them (an upgrade) and for hand edits.
+#: (per host), while the last listing found uploads of this host marked
+#: before the host was named in them (an upgrade under way).  The passes
+#: between ask Cinder only for the volumes marked as uploads of this host.
 FULL_LISTING_EVERY = 600
+#: The same once the last listing found none: then the filtered query sees
+#: everything a pass acts on, and a listing (of every volume of the cloud,
+#: per store and host) is only the backstop for hand edits.
+FULL_LISTING_CLEAN_EVERY = 6 * 3600
 
 #: One pass at a time within a process (flock is per process).
 _PROCESS_LOCK = threading.Lock()
@@ -66,6 +70,23 @@ def store_volumes(store, volumes, uploads_of=None):
         metadata={holders.UPLOAD_HOST: uploads_of} if uploads_of else None)
     wanted = store.store_conf.cinder_volume_type
     return [v for v in found if not wanted or v.volume_type == wanted]
+
+
+def missed_by_query(all_volumes, host):
+    """Ids of ``host``'s marked uploads that the filtered query misses.
+
+    Marked by an earlier version, before the upload host was named beside
+    the mark: only a listing of every volume finds them.  A mark older
+    still names no host at all, and is judged as this host's.
+    """
+    missed = []
+    for vol in all_volumes:
+        if (vol.metadata or {}).get(holders.UPLOAD_HOST) == host:
+            continue
+        mark, _ = holders.upload_mark_of(vol)
+        if mark is not None and mark.uploader.host in (None, host):
+            missed.append(vol.id)
+    return missed
 
 
 def _dead_uploads_path(state_dir):
@@ -103,6 +124,8 @@ class Healer:
     def __init__(self, store):
         self.store = store
         self.conf = store.store_conf
+        #: after a pass that listed every volume: ``missed_by_query``'s ids
+        self.missed_by_query = None
 
     @property
     def attachments(self):
@@ -126,6 +149,9 @@ class Healer:
         all_volumes = store_volumes(
             self.store, volumes,
             uploads_of=None if everything else holders.host_name())
+        if everything:
+            self.missed_by_query = missed_by_query(all_volumes,
+                                                   holders.host_name())
         findings += self._uploads(volumes, all_volumes, dry_run,
                                   stale_after)
         if untracked:
@@ -385,9 +411,18 @@ class Periodic:
         except OSError:
             return True
 
-    def _done(self, kind):
-        with open(self._stamp(kind), 'w'):
-            pass
+    def _done(self, kind, note=''):
+        with open(self._stamp(kind), 'w') as f:
+            f.write(note)
+
+    def _listing_interval(self):
+        """Seconds between full listings: few while they find anything."""
+        try:
+            with open(self._stamp('listed')) as f:
+                clean = f.read().strip() == 'missed 0'
+        except OSError:
+            clean = False
+        return FULL_LISTING_CLEAN_EVERY if clean else FULL_LISTING_EVERY
 
     def run_once(self):
         """One pass, unless another one runs or ran just now on this host."""
@@ -401,12 +436,14 @@ class Periodic:
                     return None
                 if not self._due('heal', self.interval / 2):
                     return None
-                everything = self._due('listed', FULL_LISTING_EVERY)
+                everything = self._due('listed', self._listing_interval())
                 findings = self.healer.reconcile(self.store.volumes(),
                                                  everything=everything)
                 self._done('heal')
                 if everything:
-                    self._done('listed')
+                    missed = self.healer.missed_by_query
+                    self._done('listed', '' if missed is None else
+                               'missed %d' % len(missed))
                 for finding in findings:
                     LOG.info('store %s: self-healing: %s', self.store.name,
                              finding)

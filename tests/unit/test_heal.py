@@ -294,6 +294,65 @@ def test_periodic_passes_list_every_volume_only_now_and_then(
     assert calls == [True, False, False, True]
 
 
+def _passes_that_find(monkeypatch, missed):
+    """Passes recorded, each full listing finding ``missed`` old marks."""
+    calls = []
+
+    def reconcile(self, volumes, everything):
+        calls.append(everything)
+        if everything:
+            self.missed_by_query = list(missed)
+        return []
+    monkeypatch.setattr(heal.Healer, 'reconcile', reconcile)
+    return calls
+
+
+def _age(path, seconds):
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+@pytest.mark.parametrize('missed,gap', [
+    ([], heal.FULL_LISTING_CLEAN_EVERY),
+    (['old-upload'], heal.FULL_LISTING_EVERY)])
+def test_full_listings_are_rare_once_they_find_nothing_the_query_misses(
+        store, cinder, monkeypatch, missed, gap):
+    calls = _passes_that_find(monkeypatch, missed)
+    periodic = heal.Periodic(store, 0)
+    periodic.run_once()
+    _age(periodic._stamp('listed'), heal.FULL_LISTING_EVERY + 1)
+    periodic.run_once()
+    _age(periodic._stamp('listed'), gap + 1)
+    periodic.run_once()
+    if missed:      # an upgrade under way: every ten minutes
+        assert calls == [True, True, True]
+    else:           # the filtered query sees it all: every six hours
+        assert calls == [True, False, True]
+
+
+def test_marks_of_this_host_without_its_name_are_what_the_query_misses(
+        store, cinder, monkeypatch):
+    me = holders.Process.of(os.getpid())
+    old = _upload_volume(cinder, me)            # an earlier version's mark
+    named = cinder.create(1, 'image-named', dict(
+        holders.UploadMark.mine().metadata(), glance_image_id='i2'),
+        'gold-type')
+    elsewhere = cinder.create(1, 'image-other', {
+        holders.UPLOAD_MARK: mark_of(holders.Process(
+            1, 1, 'other-host', 'boot', 'ns')).format()}, 'gold-type')
+    assert heal.missed_by_query(
+        [cinder.get(v.id) for v in (old, named, elsewhere)],
+        holders.host_name()) == [old.id]
+    monkeypatch.setattr(heal, 'store_volumes', lambda store, volumes,
+                        uploads_of=None: [cinder.get(v) for v in
+                                          list(cinder.volumes)])
+    healer = heal.Healer(store)
+    healer.reconcile(cinder, everything=False)
+    assert healer.missed_by_query is None       # a filtered pass cannot tell
+    healer.reconcile(cinder)
+    assert healer.missed_by_query == [old.id]
+
+
 def test_a_pass_of_this_host_asks_cinder_for_its_uploads_only(
         store, cinder, monkeypatch):
     asked = []
