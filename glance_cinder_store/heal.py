@@ -146,12 +146,11 @@ class Healer:
             stale_after = self.conf.cinder_plus_upload_stale_after
         findings = self._records(volumes, dry_run)
         everything = everything or untracked or stale_after > 0
-        all_volumes = store_volumes(
-            self.store, volumes,
-            uploads_of=None if everything else holders.host_name())
+        host = holders.host_name()
+        all_volumes = store_volumes(self.store, volumes,
+                                    uploads_of=None if everything else host)
         if everything:
-            self.missed_by_query = missed_by_query(all_volumes,
-                                                   holders.host_name())
+            self.missed_by_query = missed_by_query(all_volumes, host)
         findings += self._uploads(volumes, all_volumes, dry_run,
                                   stale_after)
         if untracked:

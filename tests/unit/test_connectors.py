@@ -32,18 +32,23 @@ ISCSI = {'driver_volume_type': 'iscsi', 'target_iqn': 'iqn.x',
          'target_portal': '10.0.0.1:3260', 'target_lun': 1}
 
 
+def assert_passes_to_os_brick(conn, info, device):
+    """connect, disconnect and extend go to os-brick's connector as is."""
+    assert conn.connect() == {'type': 'block', 'path': '/dev/sdx'}
+    conn.brick.connect_volume.assert_called_once_with(info)
+    conn.disconnect({'path': device})
+    conn.brick.disconnect_volume.assert_called_once_with(
+        info, {'path': device}, force=True)
+    conn.brick.extend_volume.return_value = 2 * 1024 ** 3
+    assert conn.extend() == 2 * 1024 ** 3
+
+
 def test_iscsi_uses_the_base_connection(factory):
     conn = connection(ISCSI, use_multipath=True)
     assert type(conn) is base.Connection and conn.local_path
     factory.assert_called_once_with('iscsi', mock.ANY, use_multipath=True,
                                     conn=ISCSI)
-    assert conn.connect() == {'type': 'block', 'path': '/dev/sdx'}
-    conn.brick.connect_volume.assert_called_once_with(ISCSI)
-    conn.disconnect({'path': '/dev/sdx'})
-    conn.brick.disconnect_volume.assert_called_once_with(
-        ISCSI, {'path': '/dev/sdx'}, force=True)
-    conn.brick.extend_volume.return_value = 2 * 1024 ** 3
-    assert conn.extend() == 2 * 1024 ** 3
+    assert_passes_to_os_brick(conn, ISCSI, '/dev/sdx')
 
 
 def test_nested_connection_info_is_unwrapped(factory):
@@ -90,13 +95,7 @@ def test_nvme_uses_the_nvme_connection(factory):
     assert isinstance(conn, base.NvmeConnection) and conn.local_path
     factory.assert_called_once_with('nvmeof', mock.ANY, use_multipath=False,
                                     conn=NVME)
-    assert conn.connect() == {'type': 'block', 'path': '/dev/sdx'}
-    conn.brick.connect_volume.assert_called_once_with(NVME)
-    conn.disconnect({'path': '/dev/nvme0n1'})
-    conn.brick.disconnect_volume.assert_called_once_with(
-        NVME, {'path': '/dev/nvme0n1'}, force=True)
-    conn.brick.extend_volume.return_value = 3 * 1024 ** 3
-    assert conn.extend() == 3 * 1024 ** 3
+    assert_passes_to_os_brick(conn, NVME, '/dev/nvme0n1')
 
 
 def test_nvme_namespace_named_in_another_spelling_is_accepted(

@@ -260,13 +260,25 @@ def test_failed_attachment_delete_is_never_joined(store, cinder):
     assert cinder.attachments == {}
 
 
-def _passes(monkeypatch):
-    """Record each pass's ``everything`` instead of reconciling."""
+def _passes(monkeypatch, missed=None):
+    """Record each pass's ``everything`` instead of reconciling.
+
+    ``missed``: what each full listing finds that the query misses.
+    """
     calls = []
-    monkeypatch.setattr(heal.Healer, 'reconcile',
-                        lambda self, volumes, everything: calls.append(
-                            everything) or [])
+
+    def reconcile(self, volumes, everything):
+        calls.append(everything)
+        if everything and missed is not None:
+            self.missed_by_query = list(missed)
+        return []
+    monkeypatch.setattr(heal.Healer, 'reconcile', reconcile)
     return calls
+
+
+def _age(path, seconds):
+    then = time.time() - seconds
+    os.utime(path, (then, then))
 
 
 def test_periodic_pass_runs_once_per_interval_host_wide(
@@ -287,29 +299,9 @@ def test_periodic_passes_list_every_volume_only_now_and_then(
     for _ in range(3):
         periodic.run_once()
     assert calls == [True, False, False]
-    listed = periodic._stamp('listed')
-    old = time.time() - heal.FULL_LISTING_EVERY - 1
-    os.utime(listed, (old, old))
+    _age(periodic._stamp('listed'), heal.FULL_LISTING_EVERY + 1)
     periodic.run_once()
     assert calls == [True, False, False, True]
-
-
-def _passes_that_find(monkeypatch, missed):
-    """Passes recorded, each full listing finding ``missed`` old marks."""
-    calls = []
-
-    def reconcile(self, volumes, everything):
-        calls.append(everything)
-        if everything:
-            self.missed_by_query = list(missed)
-        return []
-    monkeypatch.setattr(heal.Healer, 'reconcile', reconcile)
-    return calls
-
-
-def _age(path, seconds):
-    then = time.time() - seconds
-    os.utime(path, (then, then))
 
 
 @pytest.mark.parametrize('missed,gap', [
@@ -317,7 +309,7 @@ def _age(path, seconds):
     (['old-upload'], heal.FULL_LISTING_EVERY)])
 def test_full_listings_are_rare_once_they_find_nothing_the_query_misses(
         store, cinder, monkeypatch, missed, gap):
-    calls = _passes_that_find(monkeypatch, missed)
+    calls = _passes(monkeypatch, missed)
     periodic = heal.Periodic(store, 0)
     periodic.run_once()
     _age(periodic._stamp('listed'), heal.FULL_LISTING_EVERY + 1)
