@@ -220,6 +220,41 @@ def _poll_wait(retry_state):
     return POLL if late <= 0 else min(2.0, POLL * 1.6 ** late)
 
 
+class Refusals:
+    """What Cinder refused a set of credentials, remembered for a while.
+
+    A service user without admin rights gets a 403 for a listing of all
+    projects; a Cinder whose ``resource_filters.json`` lacks the metadata
+    filter answers 400.  The warm cache asks every few seconds in each
+    glance-api process: asking again each time doubles the calls and fills
+    cinder-api's log with refusals.  A refusal is asked about again after
+    ``FORGET_AFTER`` seconds, so a policy change takes effect without a
+    restart.
+    """
+
+    FORGET_AFTER = 3600.0
+    ALL_PROJECTS = 'listing all projects'
+    METADATA_FILTER = 'filtering by metadata'
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._when = {}
+
+    def note(self, what):
+        with self._lock:
+            self._when[what] = time.monotonic()
+
+    def __contains__(self, what):
+        with self._lock:
+            when = self._when.get(what)
+            if when is None:
+                return False
+            if time.monotonic() - when < self.FORGET_AFTER:
+                return True
+            del self._when[what]
+            return False
+
+
 class Settling:
     """How long a store's volumes took to leave a transitional status.
 
@@ -284,17 +319,15 @@ class Volumes:
     #: attempts of a non-idempotent create whose answer was uncertain
     CREATE_ATTEMPTS = 3
 
-    #: Cinder answered a metadata filter with 400 (not enabled for us):
-    #: this process lists without it from then on.
-    metadata_filter_refused = False
-
     def __init__(self, client, timeout, attach_retries=5, once=None,
-                 busy_min_wait=0.0, settling=None, as_service=False):
+                 busy_min_wait=0.0, settling=None, as_service=False,
+                 refusals=None):
         self.client = client
         #: made with the store's own credentials: any two such instances
         #: of a store may ask Cinder the same things for each other
         self.as_service = as_service
         self.settling = settling or Settling()
+        self.refusals = Refusals() if refusals is None else refusals
         self.once = once or client
         self.timeout = timeout
         self.attach_retries = attach_retries
@@ -341,28 +374,30 @@ class Volumes:
 
     def _with_metadata(self, metadata):
         """Volumes with these metadata values; None if Cinder won't filter."""
-        if Volumes.metadata_filter_refused:
+        if Refusals.METADATA_FILTER in self.refusals:
             return None
         try:
             return self._list_all({'metadata': metadata})
         except exceptions.BackendException as e:
             if not isinstance(e.__context__, cinder_exc.BadRequest):
                 raise
-            LOG.warning('Cinder refuses to filter volumes by metadata (%s); '
-                        'this process lists every volume or looks at each '
-                        'instead (enable "metadata" for volumes in Cinder\'s '
+            LOG.warning('Cinder refuses to filter volumes by metadata (%s): '
+                        'listing every volume or looking at each instead for '
+                        'an hour (enable "metadata" for volumes in Cinder\'s '
                         'resource_filters.json)', e)
-            Volumes.metadata_filter_refused = True
+            self.refusals.note(Refusals.METADATA_FILTER)
             return None
 
     def _list_all(self, only):
-        try:
-            with translated_errors('listing the volumes of all projects'):
-                return self.client.volumes.list(
-                    search_opts=dict(only, all_tenants=1))
-        except exceptions.Forbidden:
-            LOG.debug('not allowed to list all projects\' volumes; listing '
-                      'the service project\'s only')
+        if Refusals.ALL_PROJECTS not in self.refusals:
+            try:
+                with translated_errors('listing the volumes of all projects'):
+                    return self.client.volumes.list(
+                        search_opts=dict(only, all_tenants=1))
+            except exceptions.Forbidden:
+                LOG.info('not allowed to list all projects\' volumes: '
+                         'listing this project\'s only for an hour')
+                self.refusals.note(Refusals.ALL_PROJECTS)
         with translated_errors('listing volumes'):
             return self.client.volumes.list(search_opts=only or None)
 

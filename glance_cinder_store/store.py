@@ -70,6 +70,7 @@ class CinderStore(glance_store.driver.Store):
             self.store_conf = conf.glance_store
         self.clients = cinder.CinderClientFactory(self.store_conf)
         self._settling = cinder.Settling()
+        self._refusals = cinder.Refusals()   # of the service credentials
         self._warm_ups = None
         self._attachments = None
         self._healing = None
@@ -104,7 +105,9 @@ class CinderStore(glance_store.driver.Store):
             once=self.clients.client(context, idempotent=False),
             busy_min_wait=3 * conf.cinder_plus_warm_check_interval,
             settling=self._settling,
-            as_service=self.clients.uses_service_credentials)
+            as_service=self.clients.uses_service_credentials,
+            refusals=(self._refusals if self.clients.uses_service_credentials
+                      else None))
 
     def configure_add(self):
         try:

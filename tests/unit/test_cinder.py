@@ -244,9 +244,44 @@ def test_list_all_falls_back_to_own_project_when_forbidden():
         mock.call(search_opts=None)]
 
 
-def test_list_all_lists_everything_when_cinder_refuses_the_filter(
+def test_a_refused_listing_of_all_projects_is_not_asked_again_for_an_hour(
         monkeypatch):
-    monkeypatch.setattr(cinder.Volumes, 'metadata_filter_refused', False)
+    """A non-admin service user: one 403, not one per warm-cache check."""
+    now = [1000.0]
+    monkeypatch.setattr(cinder.time, 'monotonic', lambda: now[0])
+    client = mock.Mock()
+    client.volumes.list.side_effect = [cinder_exc.Forbidden(403), ['mine'],
+                                       ['mine again'],
+                                       cinder_exc.Forbidden(403), ['later']]
+    refusals = cinder.Refusals()
+    assert cinder.Volumes(client, 1, refusals=refusals).list_all() == ['mine']
+    # another Volumes of the same store shares what Cinder refused
+    assert cinder.Volumes(client, 1, refusals=refusals).list_all() == [
+        'mine again']
+    now[0] += cinder.Refusals.FORGET_AFTER
+    assert cinder.Volumes(client, 1, refusals=refusals).list_all() == [
+        'later']
+    assert client.volumes.list.call_args_list == [
+        mock.call(search_opts={'all_tenants': 1}),
+        mock.call(search_opts=None),
+        mock.call(search_opts=None),
+        mock.call(search_opts={'all_tenants': 1}),
+        mock.call(search_opts=None)]
+
+
+def test_what_cinder_refused_one_store_does_not_hold_for_another():
+    client = mock.Mock()
+    client.volumes.list.side_effect = [
+        cinder_exc.BadRequest(400, 'filters'), ['all'],
+        [mock.Mock(id='b')]]
+    assert cinder.Volumes(client, 1).list_all(metadata={'k': 'v'}) == ['all']
+    assert cinder.Volumes(client, 1).release_requested(
+        ['a', 'b'], each=False) == ['b']
+    assert client.volumes.list.call_args_list[-1] == mock.call(search_opts={
+        'metadata': {cinder.RELEASE_MARK: 'wanted'}, 'all_tenants': 1})
+
+
+def test_list_all_lists_everything_when_cinder_refuses_the_filter():
     client = mock.Mock()
     refused = cinder_exc.BadRequest(
         400, 'Invalid filters metadata are found in query options.')
@@ -392,8 +427,7 @@ def test_release_requested_by_mark_or_gone():
         ['a', 'b', 'c']) == ['a', 'c']
 
 
-def test_release_requested_of_several_is_one_filtered_query(monkeypatch):
-    monkeypatch.setattr(cinder.Volumes, 'metadata_filter_refused', False)
+def test_release_requested_of_several_is_one_filtered_query():
     client = mock.Mock()
     client.volumes.list.return_value = [mock.Mock(id='b'),
                                         mock.Mock(id='elsewhere')]
@@ -404,9 +438,7 @@ def test_release_requested_of_several_is_one_filtered_query(monkeypatch):
     client.volumes.get.assert_not_called()
 
 
-def test_release_requested_looks_at_each_when_cinder_will_not_filter(
-        monkeypatch):
-    monkeypatch.setattr(cinder.Volumes, 'metadata_filter_refused', False)
+def test_release_requested_looks_at_each_when_cinder_will_not_filter():
     client = mock.Mock()
     client.volumes.list.side_effect = cinder_exc.BadRequest(400, 'filters')
     client.volumes.get.side_effect = [

@@ -11,6 +11,7 @@ from oslo_utils import units
 import pytest
 
 from glance_cinder_store import store as store_mod
+from tests.unit import conftest
 from tests.unit import fakes
 
 MiB = 1024 * 1024
@@ -373,6 +374,21 @@ def test_get_in_per_user_mode_says_why_a_member_cannot_read(
     with pytest.raises(exceptions.NotFound, match='per-user mode') as err:
         store.get(loc, context=context)
     assert vol.id in str(err.value) and 'proj-1' in str(err.value)
+
+
+@pytest.mark.parametrize('service', [True, False])
+def test_what_cinder_refused_is_remembered_per_store_credentials(
+        tmp_path, monkeypatch, context, service):
+    """The service user's refusals hold for every call of the store.
+
+    A user's token may be allowed what the service user is not.
+    """
+    overrides = {} if service else {'cinder_store_user_name': None}
+    store = store_mod.CinderStore(conftest.make_conf(tmp_path, **overrides),
+                                  backend='gold')
+    monkeypatch.setattr(store.clients, 'client', lambda *a, **k: object())
+    one, other = store.volumes(context), store.volumes(context)
+    assert (one.refusals is other.refusals) is service
 
 
 def test_get_size_other_errors_give_zero(store, cinder, context):
