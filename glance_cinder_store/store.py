@@ -405,7 +405,8 @@ class CinderStore(glance_store.driver.Store):
             attached.target, offset, length,
             chunk_size=self.store_conf.cinder_plus_io_chunk_size,
             queue_depth=self.store_conf.cinder_plus_io_queue_depth,
-            direct=direct, leave_direct=attached.read_by_others)
+            direct=direct, leave_direct=attached.read_by_others,
+            cached=attached.page_cached)
         if (not direct and offset == 0 and length == image_size(volume)
                 and attached.mark_page_cached is not None):
             # a whole buffered read: later readers find it in memory

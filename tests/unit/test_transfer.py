@@ -480,3 +480,29 @@ def test_ring_memory_is_reused_by_the_next_read(tmp_path):
                                          CHUNK)) == data
     finally:
         second.close()
+
+
+def test_what_comes_from_memory_or_a_copy_is_handed_in_small_pieces(
+        tmp_path, monkeypatch):
+    """Pieces uwsgi copies while they are still in the CPU's cache.
+
+    A direct read keeps its large device requests and hands slices of them;
+    a read of what is in the page cache asks for small pieces; a cold
+    buffered read keeps large requests, for the device's sake.
+    """
+    monkeypatch.setattr(transfer, 'HANDED_PIECE', 256 * 1024)
+    path = tmp_path / 'img'
+    data = random_bytes(4 * MiB + 5)
+    uncached(path, data)
+    sizes = {}
+    for way, kwargs in (('direct', dict(direct=True)),
+                        ('cached', dict(cached=True)),
+                        ('cold', {})):
+        seen = count_reads(monkeypatch)
+        pieces = list(transfer.read_range(str(path), 0, len(data),
+                                          chunk_size=MiB, **kwargs))
+        assert b''.join(pieces) == data
+        sizes[way] = (max(len(p) for p in pieces), sum(seen.values()))
+    assert sizes['direct'] == (256 * 1024, 5)       # 4 MiB + 5 in 1 MiB
+    assert sizes['cached'] == (256 * 1024, 17)
+    assert sizes['cold'] == (MiB, 5)
