@@ -536,8 +536,24 @@ class HostAttachments:
                                    spare_lingering=not force)
 
     def _released_elsewhere(self, volumes, volume_ids, each):
-        """Ids of volumes another host asked us to let go of."""
-        return volumes.release_requested(volume_ids, each=each)
+        """Ids of volumes another host asked us to let go of.
+
+        With the store's own credentials the query for marked volumes is
+        the host's, not each process's (``warm.ReleaseBoard``).
+        """
+        key = getattr(volumes, 'service_key', None)
+        if each or key is None:
+            return volumes.release_requested(volume_ids, each=each)
+        marked = self._release_board(key).marked(volumes.marked_for_release)
+        if marked is None:          # Cinder will not filter: look at each
+            return volumes.release_requested(volume_ids, each=True)
+        return [v for v in volume_ids if v in marked]
+
+    def _release_board(self, key):
+        # fresh for half a check: another host waits at most 1.5 checks
+        return warm.ReleaseBoard(
+            os.path.join(self.records.state_dir, 'release-marks-%s' % key),
+            self.conf.cinder_plus_warm_check_interval / 2)
 
     def _detach(self, volumes, record):
         """Undo ``record`` as far as it got: ACL, device, attachment, file.

@@ -8,6 +8,7 @@ message an operator can act on.
 import collections
 import contextlib
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -80,6 +81,23 @@ class CinderClientFactory:
         self._session = None
         self._server_version = None
         self._lock = threading.Lock()
+
+    @property
+    def service_key(self):
+        """Names the service credentials and their Cinder; None without.
+
+        No secret goes into it.
+        """
+        if not self.uses_service_credentials:
+            return None
+        c = self.conf
+        who = (c.cinder_store_auth_address,
+               c.cinder_store_application_credential_id,
+               c.cinder_store_user_name, c.cinder_store_user_domain_name,
+               c.cinder_store_project_name, c.cinder_store_project_domain_name,
+               c.cinder_os_region_name, c.cinder_catalog_info,
+               c.cinder_endpoint_template)
+        return hashlib.sha256(repr(who).encode()).hexdigest()[:16]
 
     @property
     def uses_service_credentials(self):
@@ -321,11 +339,14 @@ class Volumes:
 
     def __init__(self, client, timeout, attach_retries=5, once=None,
                  busy_min_wait=0.0, settling=None, as_service=False,
-                 refusals=None):
+                 refusals=None, service_key=None):
         self.client = client
         #: made with the store's own credentials: any two such instances
         #: of a store may ask Cinder the same things for each other
         self.as_service = as_service
+        #: names those credentials and their Cinder: processes of a host
+        #: whose keys are equal get the same answers
+        self.service_key = service_key if as_service else None
         self.settling = settling or Settling()
         self.refusals = Refusals() if refusals is None else refusals
         self.once = once or client
@@ -582,6 +603,14 @@ class Volumes:
                         volume_id, e)
             return False
 
+    def marked_for_release(self):
+        """Ids of the volumes carrying the release mark, in one query.
+
+        None when Cinder will not filter by metadata.
+        """
+        marked = self._with_metadata({RELEASE_MARK: 'wanted'})
+        return None if marked is None else {volume.id for volume in marked}
+
     def release_requested(self, volume_ids, each=True):
         """Those of ``volume_ids`` another host wants (or that are gone).
 
@@ -591,10 +620,9 @@ class Volumes:
         asks often still asks with ``each`` now and then.
         """
         if not each and len(volume_ids) > 1:
-            marked = self._with_metadata({RELEASE_MARK: 'wanted'})
+            marked = self.marked_for_release()
             if marked is not None:
-                marked_ids = {volume.id for volume in marked}
-                return [v for v in volume_ids if v in marked_ids]
+                return [v for v in volume_ids if v in marked]
         wanted = []
         for volume_id in volume_ids:
             try:

@@ -58,10 +58,13 @@ and a Cinder attachment.  0 turns the cache off.
 Seconds between two checks, while the warm attachment cache holds
 something, whether another host asked for one of its volumes.
 
-Each check costs one Cinder query (the volumes carrying the release mark,
-through Cinder's metadata filter), and every 12th check one volume GET per
-idle attachment of the process, which also notices a volume deleted behind
-our back. A delete on another host waits at most about this long for us.
+With the store's own credentials the glance-api processes of a host share
+one Cinder query (the volumes carrying the release mark, through Cinder's
+metadata filter) per half interval: an answer up to half an interval old
+serves them all, so a delete on another host waits at most about one and
+a half intervals for us. Every 12th check of each process also costs one
+volume GET per idle attachment it keeps, which notices a volume deleted
+behind our back.
 """),
     cfg.BoolOpt('cinder_plus_prestart_privsep',
                 default=True,

@@ -107,7 +107,8 @@ class CinderStore(glance_store.driver.Store):
             settling=self._settling,
             as_service=self.clients.uses_service_credentials,
             refusals=(self._refusals if self.clients.uses_service_credentials
-                      else None))
+                      else None),
+            service_key=self.clients.service_key)
 
     def configure_add(self):
         try:

@@ -15,9 +15,10 @@ An attachment goes:
   idle attachments (``cinder_plus_warm_attachments``);
 * at once, when a delete or a writer on this host needs the volume
   (attach.py detaches an idle attachment before anything else);
-* within ``check_interval`` seconds, when another host asked for the volume
-  (a delete there, or a reader of a volume that cannot be attached twice):
-  ``released_elsewhere`` tells, one Cinder query per check.
+* within ``check_interval`` seconds (and the age of the host's shared
+  answer, ``ReleaseBoard``), when another host asked for the volume (a
+  delete there, or a reader of a volume that cannot be attached twice):
+  ``released_elsewhere`` tells, at most one Cinder query per check.
 
 Nothing here must survive a crash: the record says since when the
 attachment is idle, so the next user of the volume, ``recover`` or the
@@ -26,6 +27,9 @@ clean-up tool detaches it once that is too long ago.
 
 import atexit
 import collections
+import contextlib
+import fcntl
+import json
 import logging
 import os
 import threading
@@ -37,9 +41,9 @@ LOG = logging.getLogger(__name__)
 class WarmCache:
     """Idle read-only attachments of this process, least recently used first.
 
-    Each check for release requests is one Cinder query for the marked
-    volumes, and every ``LOOK_AT_EACH_EVERY``-th a GET per volume, which
-    also finds a volume deleted behind our back.
+    Each check for release requests is at most one Cinder query for the
+    marked volumes, and every ``LOOK_AT_EACH_EVERY``-th a GET per volume,
+    which also finds a volume deleted behind our back.
 
     :param evict: ``evict(volume_id, volumes, force)`` detaches the volume
         if nobody uses it; ``force`` False keeps it when another process
@@ -299,3 +303,67 @@ class WarmUps:
                 with self._changed:
                     self._working = False
                     self._changed.notify_all()
+
+
+class ReleaseBoard:
+    """Cinder's last answer on release marks, shared by a host's processes.
+
+    Every glance-api process keeping idle attachments asks each check
+    interval whether another host wants one of them.  One query per process
+    and store made cinder-api answer (and log) workers x stores queries per
+    interval per host; through the board the first process to find the
+    answer older than ``max_age`` asks, holding the board's lock, and the
+    others read its answer.  Readers wait at most the query's time; a
+    board that cannot be read or written just means asking Cinder.
+    """
+
+    def __init__(self, path, max_age):
+        self.path = path
+        self.max_age = max_age
+
+    def marked(self, ask):
+        """Ids of the marked volumes: from the board if fresh, else ``ask()``.
+
+        ``ask()`` returns a set of ids, or None when Cinder will not say
+        (then nothing is written and None is returned).
+        """
+        with self._locked():
+            now = time.time()
+            board = self._read()
+            if board is not None and 0 <= now - board['at'] < self.max_age:
+                return set(board['ids'])
+            ids = ask()
+            if ids is not None:
+                self._write({'at': now, 'ids': sorted(ids)})
+            return ids
+
+    @contextlib.contextmanager
+    def _locked(self):
+        try:
+            fd = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            LOG.debug('release board %s: no lock (%s)', self.path, e)
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read(self):
+        try:
+            with open(self.path) as f:
+                board = json.load(f)
+            return {'at': float(board['at']), 'ids': list(board['ids'])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write(self, board):
+        tmp = '%s.%d.tmp' % (self.path, os.getpid())
+        try:
+            with open(tmp, 'w') as f:
+                json.dump(board, f)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            LOG.debug('release board %s: not written (%s)', self.path, e)

@@ -188,6 +188,17 @@ class FakeVolumes:
         self._vol(volume_id).metadata[cinder.RELEASE_MARK] = 'wanted'
         return True
 
+    service_key = None          # the store's own credentials set one
+    refuse_filter = False       # a Cinder without the metadata filter
+
+    def marked_for_release(self):
+        from glance_cinder_store import cinder
+        self._call('marked_for_release')
+        if self.refuse_filter:
+            return None
+        return {v.id for v in self.volumes.values()
+                if cinder.RELEASE_MARK in v.metadata}
+
     def release_requested(self, volume_ids, each=True):
         from glance_cinder_store import cinder
         self._call('release_requested', tuple(volume_ids))

@@ -389,6 +389,19 @@ def test_what_cinder_refused_is_remembered_per_store_credentials(
     monkeypatch.setattr(store.clients, 'client', lambda *a, **k: object())
     one, other = store.volumes(context), store.volumes(context)
     assert (one.refusals is other.refusals) is service
+    # the host's processes share Cinder's answers for the same credentials
+    assert (one.service_key is not None) is service
+    assert one.service_key == other.service_key
+
+
+def test_the_service_key_names_credentials_and_cinder_not_secrets(tmp_path):
+    def key(**overrides):
+        conf = conftest.make_conf(tmp_path, **overrides)
+        return store_mod.CinderStore(conf, backend='gold').clients.service_key
+    assert key() == key(cinder_store_password='another secret')
+    assert key() != key(cinder_store_project_name='other')
+    assert key() != key(cinder_os_region_name='RegionTwo')
+    assert len(key()) == 16
 
 
 def test_get_size_other_errors_give_zero(store, cinder, context):

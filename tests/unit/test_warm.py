@@ -219,3 +219,69 @@ def test_a_failed_warm_up_does_not_stop_the_next():
     assert ups.wait_done(5)
     ups.add('good', 1)
     assert ups.wait_done(5) and done == ['good']
+
+
+# -- the host's release board ---------------------------------------------
+
+class Marks:
+    """An ``ask`` for the board that counts the questions."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.asked = 0
+
+    def __call__(self):
+        self.asked += 1
+        return self.answer
+
+
+def test_the_board_answers_for_every_process_while_fresh(tmp_path,
+                                                         monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(warm.time, 'time', lambda: now[0])
+    path = str(tmp_path / 'release-marks-k.json')
+    one, other = warm.ReleaseBoard(path, 2.5), warm.ReleaseBoard(path, 2.5)
+    ask = Marks({'a', 'b'})
+    assert one.marked(ask) == {'a', 'b'}
+    now[0] += 2
+    assert other.marked(ask) == {'a', 'b'}     # another process: no query
+    assert ask.asked == 1
+    now[0] += 1
+    ask.answer = {'c'}
+    assert other.marked(ask) == {'c'} and ask.asked == 2
+
+
+def test_a_refused_or_unreadable_board_means_asking(tmp_path):
+    path = tmp_path / 'release-marks-k.json'
+    board = warm.ReleaseBoard(str(path), 60)
+    refused = Marks(None)
+    assert board.marked(refused) is None
+    assert board.marked(refused) is None and refused.asked == 2
+    path.write_text('{not json')
+    assert board.marked(Marks({'a'})) == {'a'}
+
+
+def test_processes_of_a_host_share_one_query(make_host, cinder, volume):
+    """Two glance-api processes, the store's own credentials."""
+    cinder.service_key = 'k'
+    hosts = [make_host(cinder_plus_attach_grace_period=60) for _ in (1, 2)]
+    cinder.request_release(volume.id)
+    for host in hosts:
+        assert host._released_elsewhere(cinder, [volume.id, 'x'],
+                                        each=False) == [volume.id]
+    assert [c[0] for c in cinder.calls].count('marked_for_release') == 1
+    # every so often each volume is looked at, by each process
+    assert hosts[0]._released_elsewhere(cinder, [volume.id], each=True) == [
+        volume.id]
+    assert ('release_requested', (volume.id,)) in cinder.calls
+
+
+def test_without_the_filter_the_board_looks_at_each(make_host, cinder,
+                                                    volume):
+    cinder.service_key = 'k'
+    cinder.refuse_filter = True
+    host = make_host(cinder_plus_attach_grace_period=60)
+    cinder.request_release(volume.id)
+    assert host._released_elsewhere(cinder, [volume.id, 'x'],
+                                    each=False) == [volume.id, 'x']
+    assert ('release_requested', (volume.id, 'x')) in cinder.calls
