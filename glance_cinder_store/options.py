@@ -78,8 +78,11 @@ glance-api worker starts does not wait about 2 s for them.
                help="""
 Size in bytes of one read or write on the device.
 
-Uploads are re-blocked to this size so writes are aligned. Memory used by a
-transfer is about this size times ``cinder_plus_io_queue_depth`` times three.
+Uploads are re-blocked to this size so writes are aligned. Downloads hand
+Glance at most 1 MiB at a time (slices of these reads, or reads of what the
+page cache holds), which uwsgi copies on while it is in the CPU's cache.
+Memory used by a transfer is about this size times
+``cinder_plus_io_queue_depth`` times three.
 """),
     cfg.IntOpt('cinder_plus_io_queue_depth',
                default=4, min=1,
