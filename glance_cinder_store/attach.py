@@ -553,7 +553,7 @@ class HostAttachments:
         # fresh for half a check: another host waits at most 1.5 checks
         return warm.ReleaseBoard(
             os.path.join(self.records.state_dir, 'release-marks-%s' % key),
-            self.conf.cinder_plus_warm_check_interval / 2)
+            self.conf.cinder_plus_warm_check_interval / 2, self.lock_dir)
 
     def _detach(self, volumes, record):
         """Undo ``record`` as far as it got: ACL, device, attachment, file.

@@ -243,8 +243,8 @@ class Refusals:
 
     A service user without admin rights gets a 403 for a listing of all
     projects; a Cinder whose ``resource_filters.json`` lacks the metadata
-    filter answers 400.  The warm cache asks every few seconds in each
-    glance-api process: asking again each time doubles the calls and fills
+    filter answers 400.  The warm cache and the self-healing pass ask every
+    few seconds: asking again each time doubles the calls and fills
     cinder-api's log with refusals.  A refusal is asked about again after
     ``FORGET_AFTER`` seconds, so a policy change takes effect without a
     restart.
@@ -338,15 +338,13 @@ class Volumes:
     CREATE_ATTEMPTS = 3
 
     def __init__(self, client, timeout, attach_retries=5, once=None,
-                 busy_min_wait=0.0, settling=None, as_service=False,
-                 refusals=None, service_key=None):
+                 busy_min_wait=0.0, settling=None, service_key=None,
+                 refusals=None):
         self.client = client
-        #: made with the store's own credentials: any two such instances
-        #: of a store may ask Cinder the same things for each other
-        self.as_service = as_service
-        #: names those credentials and their Cinder: processes of a host
-        #: whose keys are equal get the same answers
-        self.service_key = service_key if as_service else None
+        #: made with the store's own credentials, named by this key (see
+        #: ``CinderClientFactory.service_key``): processes of a host whose
+        #: keys are equal get the same answers
+        self.service_key = service_key
         self.settling = settling or Settling()
         self.refusals = Refusals() if refusals is None else refusals
         self.once = once or client
@@ -356,6 +354,11 @@ class Volumes:
         # release requests: retrying for less than that gives up on a
         # volume that was about to be free.
         self.busy_min_wait = busy_min_wait
+
+    @property
+    def as_service(self):
+        """Any two such instances of a store may ask for each other."""
+        return self.service_key is not None
 
     def _create_once(self, create, lookup):
         """``create()``; after an uncertain failure, ``lookup()`` decides.

@@ -98,17 +98,16 @@ class CinderStore(glance_store.driver.Store):
     def volumes(self, context=None):
         """The Cinder calls of this store, as the service or ``context``."""
         conf = self.store_conf
+        key = self.clients.service_key
         return cinder.Volumes(
             self.clients.client(context),
             conf.cinder_state_transition_timeout,
             conf.cinder_attachment_retry_attempts,
             once=self.clients.client(context, idempotent=False),
             busy_min_wait=3 * conf.cinder_plus_warm_check_interval,
-            settling=self._settling,
-            as_service=self.clients.uses_service_credentials,
-            refusals=(self._refusals if self.clients.uses_service_credentials
-                      else None),
-            service_key=self.clients.service_key)
+            settling=self._settling, service_key=key,
+            # a user's token may be allowed what the service user is not
+            refusals=self._refusals if key else None)
 
     def configure_add(self):
         try:

@@ -27,13 +27,13 @@ clean-up tool detaches it once that is too long ago.
 
 import atexit
 import collections
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import threading
 import time
+
+from oslo_concurrency import lockutils
 
 LOG = logging.getLogger(__name__)
 
@@ -312,14 +312,16 @@ class ReleaseBoard:
     interval whether another host wants one of them.  One query per process
     and store made cinder-api answer (and log) workers x stores queries per
     interval per host; through the board the first process to find the
-    answer older than ``max_age`` asks, holding the board's lock, and the
-    others read its answer.  Readers wait at most the query's time; a
-    board that cannot be read or written just means asking Cinder.
+    answer older than ``max_age`` asks, holding the board's host-wide lock
+    (in ``lock_path``, beside the volumes' locks), and the others read its
+    answer.  Readers wait at most the query's time; a board that cannot be
+    read or written just means asking Cinder.
     """
 
-    def __init__(self, path, max_age):
+    def __init__(self, path, max_age, lock_path):
         self.path = path
         self.max_age = max_age
+        self.lock_path = lock_path
 
     def marked(self, ask):
         """Ids of the marked volumes: from the board if fresh, else ``ask()``.
@@ -327,7 +329,8 @@ class ReleaseBoard:
         ``ask()`` returns a set of ids, or None when Cinder will not say
         (then nothing is written and None is returned).
         """
-        with self._locked():
+        with lockutils.lock(os.path.basename(self.path), external=True,
+                            lock_path=self.lock_path):
             now = time.time()
             board = self._read()
             if board is not None and 0 <= now - board['at'] < self.max_age:
@@ -336,20 +339,6 @@ class ReleaseBoard:
             if ids is not None:
                 self._write({'at': now, 'ids': sorted(ids)})
             return ids
-
-    @contextlib.contextmanager
-    def _locked(self):
-        try:
-            fd = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            LOG.debug('release board %s: no lock (%s)', self.path, e)
-            yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     def _read(self):
         try:

@@ -240,7 +240,8 @@ def test_the_board_answers_for_every_process_while_fresh(tmp_path,
     now = [1000.0]
     monkeypatch.setattr(warm.time, 'time', lambda: now[0])
     path = str(tmp_path / 'release-marks-k.json')
-    one, other = warm.ReleaseBoard(path, 2.5), warm.ReleaseBoard(path, 2.5)
+    one, other = (warm.ReleaseBoard(path, 2.5, str(tmp_path))
+                  for _ in range(2))
     ask = Marks({'a', 'b'})
     assert one.marked(ask) == {'a', 'b'}
     now[0] += 2
@@ -253,7 +254,7 @@ def test_the_board_answers_for_every_process_while_fresh(tmp_path,
 
 def test_a_refused_or_unreadable_board_means_asking(tmp_path):
     path = tmp_path / 'release-marks-k.json'
-    board = warm.ReleaseBoard(str(path), 60)
+    board = warm.ReleaseBoard(str(path), 60, str(tmp_path))
     refused = Marks(None)
     assert board.marked(refused) is None
     assert board.marked(refused) is None and refused.asked == 2
