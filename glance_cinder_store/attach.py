@@ -300,7 +300,7 @@ class HostAttachments:
             if (record is not None and record.state == holders.ATTACHED and
                     record.attachment_id == attachment_id):
                 record.in_page_cache = True
-                self.records.save(record)
+                self.records.save(record, durable=False)
 
     def _reads_page_cache(self, record, volume_id, image_bytes):
         """Whether a reader that joined ``record`` should read buffered.
@@ -367,7 +367,7 @@ class HostAttachments:
             if record.holders or (spare_lingering and
                                   self._lingering(record)):
                 if not dry_run:
-                    self.records.save(record)
+                    self.records.save(record, durable=False)
                 return 'held' if record.holders else 'lingering'
             if dry_run:
                 return 'would detach'
@@ -456,7 +456,7 @@ class HostAttachments:
                     record.holders.append(me)
                     record.idle_since = None
                     record.reads += 1
-                    self.records.save(record)
+                    self.records.save(record, durable=False)
                     self.warm.take(volume.id)
                     return record
                 busy = record.mode
@@ -518,11 +518,11 @@ class HostAttachments:
             record.holders = [h for h in record.holders if h != me]
             record.prune()
             if record.holders:
-                self.records.save(record)
+                self.records.save(record, durable=False)
             elif (record.mode == 'ro' and record.state == holders.ATTACHED
                   and self.warm.enabled):
                 record.idle_since = time.time()
-                self.records.save(record)
+                self.records.save(record, durable=False)
                 self.warm.keep(volume_id, volumes, volume)
             else:
                 self._detach(volumes, record)

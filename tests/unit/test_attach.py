@@ -1,6 +1,7 @@
 """Host attachments: sharing, exclusivity, crash recovery, foreign users."""
 
 import dataclasses
+import os
 import socket
 import subprocess
 import threading
@@ -206,6 +207,64 @@ def test_record_round_trip_and_validation(tmp_path):
                 '"holders": []}')
     with pytest.raises(holders.CorruptRecord):
         store.load('v3')
+
+
+def test_record_keeps_nested_info_and_leaves_the_record_alone(tmp_path):
+    store = holders.RecordStore(str(tmp_path))
+    info = {'driver_volume_type': 'iscsi',
+            'data': {'target_lun': 1, 'auth_password': 'secret'}}
+    rec = holders.Record('v1', 'a1', 'ro', connection_info=info,
+                         device_info={'path': '/dev/x'},
+                         volume={'id': 'v1', 'metadata': {'k': 'v'}},
+                         holders=[holders.Holder.me()])
+    store.save(rec)
+    loaded = store.load('v1')
+    assert loaded.connection_info == {'driver_volume_type': 'iscsi',
+                                      'data': {'target_lun': 1}}
+    assert loaded.stripped
+    assert loaded.volume == rec.volume and loaded.holders == rec.holders
+    assert rec.connection_info['data']['auth_password'] == 'secret'
+
+
+def _count_fsyncs(monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(holders.os, 'fsync',
+                        lambda fd: synced.append(fd) or real(fd))
+    return synced
+
+
+def test_only_what_outlives_a_boot_is_synced(tmp_path, monkeypatch):
+    store = holders.RecordStore(str(tmp_path))
+    synced = _count_fsyncs(monkeypatch)
+    rec = holders.Record('v1', 'a1', 'ro')
+    store.save(rec)
+    assert len(synced) == 1
+    rec.holders = [holders.Holder.me()]
+    store.save(rec, durable=False)
+    assert len(synced) == 1
+    assert store.load('v1') == rec          # seen at once all the same
+
+
+def test_warm_reads_change_holders_without_syncing(
+        make_host, cinder, volume, monkeypatch):
+    # a warm download joins and leaves the record: those saves describe
+    # processes of this boot and skip the fsync (a third of their cost);
+    # the attach and the detach, which must survive a crash, are synced
+    host = make_host(cinder_plus_attach_grace_period=60)
+    synced = _count_fsyncs(monkeypatch)
+    with host.attach(cinder, volume, 'ro'):
+        pass
+    attached = len(synced)
+    assert attached >= 3          # attaching, connection info, attached
+    for _ in range(3):
+        with host.attach(cinder, volume, 'ro'):
+            assert len(host.records.load(volume.id).holders) == 1
+    assert len(synced) == attached
+    assert len(creates(cinder)) == 1
+    host.release_idle(cinder, volume.id)
+    assert len(synced) > attached
+    assert cinder.attachments == {}
 
 
 def test_holder_identity_survives_pid_reuse():

@@ -178,21 +178,38 @@ def sweep_leftovers(cinder, image_ids=(), timeout=300):
         log('could not clean up volumes: %s' % e)
 
 
-def glance_api_cpu_s():
-    """CPU seconds used so far by glance-api's uwsgi processes."""
-    total = 0
+#: the processes whose CPU time the benchmark accounts for, by service
+SERVICES = {
+    'glance': lambda cmd: b'uwsgi' in cmd and b'glance' in cmd,
+    'cinder': lambda cmd: b'/cinder-' in cmd,   # api, scheduler, volume
+    # what Cinder's calls also cost: its database and its message queue
+    'db_queue': lambda cmd: b'mariadbd' in cmd or b'beam.smp' in cmd,
+}
+
+
+def services_cpu_s():
+    """CPU seconds used so far by the processes of each of ``SERVICES``."""
+    total = dict.fromkeys(SERVICES, 0)
     for pid in filter(str.isdigit, os.listdir('/proc')):
         try:
             with open('/proc/%s/cmdline' % pid, 'rb') as f:
                 cmd = f.read()
-            if b'uwsgi' not in cmd or b'glance' not in cmd:
+            service = next((name for name, match in SERVICES.items()
+                            if match(cmd)), None)
+            if service is None:
                 continue
             with open('/proc/%s/stat' % pid, 'rb') as f:
                 fields = f.read().rsplit(b')', 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])      # utime + stime
-    return total / os.sysconf('SC_CLK_TCK')
+        total[service] += int(fields[11]) + int(fields[12])  # utime + stime
+    hz = os.sysconf('SC_CLK_TCK')
+    return {name: ticks / hz for name, ticks in total.items()}
+
+
+def glance_api_cpu_s():
+    """CPU seconds used so far by glance-api's uwsgi processes."""
+    return services_cpu_s()['glance']
 
 
 def settle(window=1.5, quiet_cpu_s=0.05, timeout=60):
@@ -408,12 +425,18 @@ def run_repeat(api, cfg, stores=STORES):
         clients = [api.client() for _ in range(max(n_up, n_down))]
         ids = [api.create() for _ in range(n_up)]
         try:
+            cpu = services_cpu_s()
             wall, each = _parallel([
                 (lambda i=i: api.upload(ids[i], conc, s, clients[i]))
                 for i in range(n_up)])
+            used = services_cpu_s()
             out[s]['conc_upload_wall_s'] = wall
             out[s]['conc_upload_mbps'] = common.rate(n_up * conc, wall)
             out[s]['conc_upload_each_s'] = each
+            # on an all-in-one host Cinder's CPU is the uploads' too
+            for name in SERVICES:
+                out[s]['conc_upload_%s_cpu_s' % name] = (
+                    used[name] - cpu[name]) / n_up
 
             def burst():
                 return _parallel([
