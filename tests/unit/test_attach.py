@@ -267,6 +267,23 @@ def test_warm_reads_change_holders_without_syncing(
     assert cinder.attachments == {}
 
 
+def test_volume_lock_is_polled_briefly_and_quietly(host, monkeypatch):
+    # lockutils polls an external lock it cannot get; its default first
+    # wait (10 ms, growing by 10 ms) made each collision of two downloads'
+    # 1 ms joins cost 10 ms, and a reader oversleep an attach by up to 0.1 s
+    asked = []
+    real = attach.lockutils.lock
+
+    def lock(name, **kwargs):
+        asked.append(kwargs)
+        return real(name, **kwargs)
+    monkeypatch.setattr(attach.lockutils, 'lock', lock)
+    with host.lock('v1'):
+        pass
+    assert asked[0]['external'] and asked[0]['delay'] <= 0.001
+    assert asked[0]['do_log'] is False      # 4 debug lines per lock
+
+
 def test_holder_identity_survives_pid_reuse():
     me = holders.Holder.me()
     assert me.alive()
