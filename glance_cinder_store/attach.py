@@ -26,7 +26,6 @@ import types
 import zlib
 
 from glance_store import exceptions
-from oslo_concurrency import lockutils
 
 from glance_cinder_store import activity
 from glance_cinder_store import connectors
@@ -44,12 +43,6 @@ LOG = logging.getLogger(__name__)
 MOUNTPOINT = 'glance_cinder_store'
 #: How many lock files the volumes of this host share.
 LOCK_BUCKETS = 1024
-#: Seconds before a process waiting for a volume's lock looks again, and
-#: the step by which its wait grows (to at most 0.1 s).  The locks are held
-#: for a millisecond (a reader joins or leaves) or for an attach (0.1-0.3
-#: s): lockutils' default 0.01 made every collision of two downloads cost
-#: 10 ms and let a reader oversleep an attach by up to 0.1 s.
-LOCK_POLL = 0.001
 
 
 def _host_ip(host):
@@ -186,9 +179,7 @@ class HostAttachments:
         # volumes share LOCK_BUCKETS files (critical sections are short and
         # never nested).
         bucket = zlib.crc32(volume_id.encode()) % LOCK_BUCKETS
-        return lockutils.lock('cinder-plus-%04d' % bucket, external=True,
-                              lock_path=self.lock_dir, delay=LOCK_POLL,
-                              do_log=False)
+        return holders.host_lock('cinder-plus-%04d' % bucket, self.lock_dir)
 
     def connector_properties(self):
         if self._props is None:

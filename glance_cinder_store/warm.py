@@ -33,7 +33,7 @@ import os
 import threading
 import time
 
-from oslo_concurrency import lockutils
+from glance_cinder_store import holders
 
 LOG = logging.getLogger(__name__)
 
@@ -329,8 +329,7 @@ class ReleaseBoard:
         ``ask()`` returns a set of ids, or None when Cinder will not say
         (then nothing is written and None is returned).
         """
-        with lockutils.lock(os.path.basename(self.path), external=True,
-                            lock_path=self.lock_path):
+        with holders.host_lock(os.path.basename(self.path), self.lock_path):
             now = time.time()
             board = self._read()
             if board is not None and 0 <= now - board['at'] < self.max_age:

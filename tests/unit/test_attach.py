@@ -272,12 +272,12 @@ def test_volume_lock_is_polled_briefly_and_quietly(host, monkeypatch):
     # wait (10 ms, growing by 10 ms) made each collision of two downloads'
     # 1 ms joins cost 10 ms, and a reader oversleep an attach by up to 0.1 s
     asked = []
-    real = attach.lockutils.lock
+    real = holders.lockutils.lock
 
     def lock(name, **kwargs):
         asked.append(kwargs)
         return real(name, **kwargs)
-    monkeypatch.setattr(attach.lockutils, 'lock', lock)
+    monkeypatch.setattr(holders.lockutils, 'lock', lock)
     with host.lock('v1'):
         pass
     assert asked[0]['external'] and asked[0]['delay'] <= 0.001
