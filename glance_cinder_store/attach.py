@@ -15,6 +15,7 @@ Cinder for another attachment of the volume on this host (nova, say) and
 leave the device alone if there is one.
 """
 
+from concurrent import futures
 import contextlib
 import dataclasses
 import functools
@@ -28,6 +29,7 @@ import zlib
 from glance_store import exceptions
 
 from glance_cinder_store import activity
+from glance_cinder_store import cinder
 from glance_cinder_store import connectors
 from glance_cinder_store.connectors import base as connector_base
 from glance_cinder_store import holders
@@ -159,6 +161,7 @@ class HostAttachments:
                              if wait_timeout is None else wait_timeout)
         self._props = None
         self._secrets = {}          # attachment id -> full connection info
+        self._completing = {}       # attachment id -> future of "complete"
         connector_base.setup_os_brick(self.lock_dir)
         self.warm = warm.WarmCache(
             conf.cinder_plus_warm_attachments, self.grace,
@@ -238,8 +241,10 @@ class HostAttachments:
         finally:
             if attached is not None:
                 attached.close()
+            completed = self._finish_completing(volumes, record.attachment_id)
             try:
-                self._release(volumes, volume.id, me, volume)
+                self._release(volumes, volume.id, me, volume,
+                              keep=completed)
             except Exception:
                 LOG.exception('volume %s: detach failed; the next user of '
                               'the volume or the self-healing pass will '
@@ -494,7 +499,13 @@ class HostAttachments:
             self.records.save(record)
             if connection.local_path:
                 record.device_id = connection.identity(record.device_info)
-            volumes.attachment_complete(record.attachment_id)
+            # "complete" only moves the attachment and the volume to their
+            # attached status; the device is usable now, so the caller's
+            # first read or write goes on beside it.  This process stays a
+            # holder until it has the answer (_finish_completing): no
+            # detach can overtake the complete.
+            self._completing[record.attachment_id] = cinder.in_background(
+                volumes.attachment_complete, record.attachment_id)
             if connection.local_path:
                 record.acl_granted = self.access.grant(record.device_path,
                                                        writable=mode == 'rw')
@@ -503,10 +514,37 @@ class HostAttachments:
             return record
         except BaseException:
             LOG.exception('attaching volume %s failed; undoing', volume.id)
+            pending = self._completing.pop(record.attachment_id, None)
+            if pending is not None:
+                futures.wait([pending])     # the detach must not overtake it
             self._detach(volumes, record)
             raise
 
-    def _release(self, volumes, volume_id, me, volume=None):
+    def _finish_completing(self, volumes, attachment_id):
+        """Wait for this process's "complete" of the attachment, if pending.
+
+        False if Cinder refused it even on a second try: the caller had its
+        device all the same, but an attachment Cinder still shows as
+        attaching is not kept warm.
+        """
+        completing = self._completing.pop(attachment_id, None)
+        if completing is None:
+            return True
+        try:
+            completing.result()
+            return True
+        except Exception as e:
+            first = e
+        try:
+            volumes.attachment_complete(attachment_id)
+            return True
+        except Exception as e:
+            LOG.warning('attachment %s: Cinder did not complete it (%s; '
+                        'again: %s); it is detached once its readers are '
+                        'done', attachment_id, first, e)
+            return False
+
+    def _release(self, volumes, volume_id, me, volume=None, keep=True):
         with self.lock(volume_id):
             record = self._load(volumes, volume_id)
             if record is None:
@@ -517,8 +555,8 @@ class HostAttachments:
             record.prune()
             if record.holders:
                 self.records.save(record, durable=False)
-            elif (record.mode == 'ro' and record.state == holders.ATTACHED
-                  and self.warm.enabled):
+            elif (keep and record.mode == 'ro' and
+                  record.state == holders.ATTACHED and self.warm.enabled):
                 record.idle_since = time.time()
                 self.records.save(record, durable=False)
                 self.warm.keep(volume_id, volumes, volume)

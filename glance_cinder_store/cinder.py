@@ -6,6 +6,7 @@ message an operator can act on.
 """
 
 import collections
+from concurrent import futures
 import contextlib
 import functools
 import hashlib
@@ -34,6 +35,24 @@ RETRIABLE_STATUS = [502, 503, 504]
 #: Volume metadata key: a host asks the others to let go of their idle
 #: (warm) attachments of this volume (see warm.py).
 RELEASE_MARK = 'glance_cinder_store_release'
+
+
+def in_background(call, *args):
+    """Make a Cinder call in a thread; the returned future re-raises its error.
+
+    For calls whose answer the caller needs later, not before its next
+    step (an upload's final metadata beside its detach, an attachment's
+    "complete" beside the first read).
+    """
+    future = futures.Future()
+
+    def run():
+        try:
+            future.set_result(call(*args))
+        except BaseException as e:
+            future.set_exception(e)
+    threading.Thread(target=run, name='gcs-cinder-call', daemon=True).start()
+    return future
 
 
 @contextlib.contextmanager

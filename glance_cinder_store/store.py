@@ -7,13 +7,11 @@ conventions (name ``image-<id>``, metadata ``glance_image_id``,
 other's images and Cinder's clone fast paths work on ours.
 """
 
-from concurrent import futures
 import contextlib
 import errno
 import logging
 import math
 import os
-import threading
 import time
 
 from glance_store import capabilities
@@ -320,11 +318,11 @@ class CinderStore(glance_store.driver.Store):
             metadata['image_size'] = str(result.size)
             heartbeat.stop()    # no refresh may bring the mark back
             if claimed is not None:     # still named and marked as pool's
-                finishing = _in_background(volumes.rename, volume, name,
-                                           metadata)
+                finishing = cinder.in_background(volumes.rename, volume,
+                                                 name, metadata)
             else:
-                finishing = _in_background(volumes.replace_metadata, volume,
-                                           metadata)
+                finishing = cinder.in_background(volumes.replace_metadata,
+                                                 volume, metadata)
         finishing.result()
         volumes.set_readonly(volume)    # Cinder wants it detached first
         # written to a device (or file) of this host: a page cache to fill
@@ -611,19 +609,6 @@ def _then(chunks, done):
         done()
     except Exception:
         LOG.exception('recording a finished read failed')
-
-
-def _in_background(fn, *args):
-    """Run ``fn`` in a thread; the returned future re-raises its error."""
-    future = futures.Future()
-
-    def run():
-        try:
-            future.set_result(fn(*args))
-        except BaseException as e:
-            future.set_exception(e)
-    threading.Thread(target=run, name='gcs-finish', daemon=True).start()
-    return future
 
 
 def _translated_os_error(error):

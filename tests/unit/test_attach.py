@@ -186,14 +186,75 @@ def test_lingering_reader_never_blocks_a_writer(make_host, cinder, volume):
     assert cinder.attachments == {}
 
 
-def test_attach_failure_undoes_everything(host, cinder, volume):
-    cinder.fail['attachment_complete'] = exceptions.BackendException('x')
-    with pytest.raises(exceptions.BackendException):
+def slow_complete(cinder, answer):
+    """Cinder's "complete" answers once ``answer`` is set; returns a log."""
+    complete = cinder.attachment_complete
+    log = []
+
+    def slowly(attachment_id):
+        log.append('asked')
+        answer.wait(5)
+        complete(attachment_id)
+        log.append('answered')
+    cinder.attachment_complete = slowly
+    delete = cinder.attachment_delete
+
+    def deleting(attachment_id):
+        log.append('delete')
+        delete(attachment_id)
+    cinder.attachment_delete = deleting
+    return log
+
+
+def test_attach_failure_undoes_everything(host, cinder, volume,
+                                          monkeypatch):
+    answer = threading.Event()
+    log = slow_complete(cinder, answer)
+
+    def refused(path, writable):
+        threading.Timer(0.1, answer.set).start()
+        raise OSError(1, 'no ACL for you')
+    monkeypatch.setattr(host.access, 'grant', refused)
+    with pytest.raises(OSError):
         with host.attach(cinder, volume, 'ro'):
             pass
+    # the undo waited for the "complete" in flight before deleting
+    assert log == ['asked', 'answered', 'delete']
     assert cinder.attachments == {}
     assert fakes.FakeConnection.connected == {}
     assert host.records.volume_ids() == []
+
+
+@pytest.mark.parametrize('mode', ['ro', 'rw'])
+def test_transfer_starts_while_cinder_completes_the_attachment(
+        host, cinder, volume, mode):
+    answer = threading.Event()
+    log = slow_complete(cinder, answer)
+    with host.attach(cinder, volume, mode) as attached:
+        assert log == ['asked']     # the device is ours before the answer
+        assert os.path.exists(attached.target)
+        threading.Timer(0.1, answer.set).start()
+    # and no detach overtook the complete
+    assert log == ['asked', 'answered', 'delete']
+    assert cinder.attachments == {}
+
+
+def test_refused_complete_is_retried_then_not_kept_warm(make_host, cinder,
+                                                        volume):
+    host = make_host(cinder_plus_attach_grace_period=60)
+    cinder.fail['attachment_complete'] = exceptions.BackendException('x')
+    with host.attach(cinder, volume, 'ro') as attached:
+        assert os.path.exists(attached.target)      # the read goes on
+    names = [c[0] for c in cinder.calls]
+    assert names.count('attachment_complete') == 2
+    # Cinder still shows it attaching: not kept for the next reader
+    assert cinder.attachments == {}
+    assert host.records.volume_ids() == []
+    del cinder.fail['attachment_complete']
+    with host.attach(cinder, volume, 'ro'):
+        pass
+    assert len(cinder.attachments) == 1         # a completed one stays warm
+    host.warm.close()
 
 
 def test_record_round_trip_and_validation(tmp_path):

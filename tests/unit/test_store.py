@@ -276,6 +276,18 @@ def test_add_costs_no_lookup_before_create(store, cinder, context):
     assert cinder.calls[0][:3] == ('create', 1, 'image-%s' % IMAGE_ID)
 
 
+def test_add_survives_a_complete_cinder_refuses(store, cinder, context):
+    """The bytes went to a connected device: the image is good."""
+    cinder.fail['attachment_complete'] = exceptions.BackendException('x')
+    data = b'image bytes' * 1000
+    loc = _stored(store, context, data)
+    vol = cinder.volumes[loc.store_location.volume_id]
+    assert vol.readonly and vol.metadata['image_size'] == str(len(data))
+    del cinder.fail['attachment_complete']
+    assert b''.join(store.get(loc, context=context)[0]) == data
+    no_leaks(cinder)
+
+
 def test_add_missing_volume_type_is_a_clear_error(make_store, cinder,
                                                   context):
     store = make_store(cinder_volume_type='nope')
