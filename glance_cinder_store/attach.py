@@ -125,6 +125,10 @@ class Attached:
     #: that a buffered read brought the whole image into the page cache
     read_by_others: object = dataclasses.field(default=None, repr=False)
     mark_page_cached: object = dataclasses.field(default=None, repr=False)
+    #: ``wait_completed()`` returns once Cinder shows the attachment
+    #: attached (the volume ``in-use``), as an online extend wants it;
+    #: raises if Cinder refused to complete it
+    wait_completed: object = dataclasses.field(default=None, repr=False)
     _target: object = dataclasses.field(default=None, repr=False)
 
     @property
@@ -161,7 +165,8 @@ class HostAttachments:
                              if wait_timeout is None else wait_timeout)
         self._props = None
         self._secrets = {}          # attachment id -> full connection info
-        self._completing = {}       # attachment id -> future of "complete"
+        # attachment id -> future of our "complete", then whether it took
+        self._completing = {}
         connector_base.setup_os_brick(self.lock_dir)
         self.warm = warm.WarmCache(
             conf.cinder_plus_warm_attachments, self.grace,
@@ -224,8 +229,10 @@ class HostAttachments:
                 # on every open, shared or new: is the device the volume?
                 connection.check_identity(record.device_info,
                                           record.device_id, volume.id)
-            attached = Attached(volume.id, mode, connection,
-                                record.device_info)
+            attached = Attached(
+                volume.id, mode, connection, record.device_info,
+                wait_completed=functools.partial(
+                    self._wait_completed, volumes, record.attachment_id))
             if (mode == 'ro' and connection.local_path and
                     self.keep_page_cache):
                 self.keepers.keep(volume.id, record.device_path)
@@ -241,7 +248,9 @@ class HostAttachments:
         finally:
             if attached is not None:
                 attached.close()
-            completed = self._finish_completing(volumes, record.attachment_id)
+            completed = self._complete_answered(volumes,
+                                                record.attachment_id)
+            self._completing.pop(record.attachment_id, None)
             try:
                 self._release(volumes, volume.id, me, volume,
                               keep=completed)
@@ -520,29 +529,37 @@ class HostAttachments:
             self._detach(volumes, record)
             raise
 
-    def _finish_completing(self, volumes, attachment_id):
+    def _complete_answered(self, volumes, attachment_id):
         """Wait for this process's "complete" of the attachment, if pending.
 
-        False if Cinder refused it even on a second try: the caller had its
-        device all the same, but an attachment Cinder still shows as
-        attaching is not kept warm.
+        True once Cinder took it (or if nothing is pending here); a refused
+        one is asked again once.  False if Cinder refused it both times:
+        the holders had their device all the same, but an attachment Cinder
+        still shows as attaching is not kept warm.
         """
-        completing = self._completing.pop(attachment_id, None)
-        if completing is None:
-            return True
+        pending = self._completing.get(attachment_id)
+        if pending is None or isinstance(pending, bool):
+            return pending is not False
         try:
-            completing.result()
-            return True
+            pending.result()
+            answer = True
         except Exception as e:
-            first = e
-        try:
-            volumes.attachment_complete(attachment_id)
-            return True
-        except Exception as e:
-            LOG.warning('attachment %s: Cinder did not complete it (%s; '
-                        'again: %s); it is detached once its readers are '
-                        'done', attachment_id, first, e)
-            return False
+            try:
+                volumes.attachment_complete(attachment_id)
+                answer = True
+            except Exception as again:
+                LOG.warning('attachment %s: Cinder did not complete it (%s; '
+                            'again: %s); it is detached once its holders '
+                            'are done', attachment_id, e, again)
+                answer = False
+        self._completing[attachment_id] = answer
+        return answer
+
+    def _wait_completed(self, volumes, attachment_id):
+        if not self._complete_answered(volumes, attachment_id):
+            raise exceptions.BackendException(
+                'attachment %s: Cinder did not complete it, so the volume '
+                'is not in-use' % attachment_id)
 
     def _release(self, volumes, volume_id, me, volume=None, keep=True):
         with self.lock(volume_id):

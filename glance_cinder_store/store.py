@@ -661,6 +661,7 @@ class _Grower:
         LOG.info('volume %s: growing %d -> %d GiB (%s)', self.volume.id,
                  size_gb, new_gb, 'online' if online else 'offline')
         if online:
+            self.attached.wait_completed()      # Cinder extends in-use ones
             self.volumes.extend(self.volume, new_gb)
             self.volume = self.volumes.wait_for(self.volume, 'in-use',
                                                 ('extending',))

@@ -126,6 +126,10 @@ class FakeVolumes:
     def extend(self, volume, new_size_gb):
         self._call('extend', volume.id, new_size_gb)
         vol = self._vol(volume.id)
+        if vol.status not in ('available', 'in-use'):
+            raise exceptions.BackendException(
+                "Invalid volume: Volume status must be '{'status': "
+                "'available'}' to extend, currently %s" % vol.status)
         vol.size = new_size_gb
         with open(vol.path, 'r+b') as f:
             f.truncate(new_size_gb * units.Gi)

@@ -145,6 +145,41 @@ def test_add_unknown_size_grows_volume(make_store, cinder, context,
     no_leaks(cinder)
 
 
+def test_online_grow_waits_for_cinder_to_complete_the_attachment(
+        make_store, cinder, context, monkeypatch):
+    """Cinder extends only in-use volumes: not one still attaching."""
+    store = make_store(cinder_do_extend_attached=True,
+                       cinder_plus_extend_factor=2.0)
+    monkeypatch.setattr(type(store.clients), 'online_extend_supported', True)
+    monkeypatch.setattr(store_mod.units, 'Gi', 1024 * 1024)
+    monkeypatch.setattr(fakes.units, 'Gi', 1024 * 1024)
+    complete = cinder.attachment_complete
+
+    def slowly(attachment_id):
+        time.sleep(0.3)         # the first MiB is written long before
+        complete(attachment_id)
+    cinder.attachment_complete = slowly
+    data = data_of(3 * 1024 * 1024)
+    store.add(IMAGE_ID, io.BytesIO(data), 0, 'sha512', context=context)
+    assert [c[2] for c in cinder.calls if c[0] == 'extend'] == [2, 4]
+    no_leaks(cinder)
+
+
+def test_online_grow_of_an_attachment_cinder_would_not_complete(
+        make_store, cinder, context, monkeypatch):
+    store = make_store(cinder_do_extend_attached=True)
+    monkeypatch.setattr(type(store.clients), 'online_extend_supported', True)
+    monkeypatch.setattr(store_mod.units, 'Gi', 1024 * 1024)
+    monkeypatch.setattr(fakes.units, 'Gi', 1024 * 1024)
+    cinder.fail['attachment_complete'] = exceptions.BackendException('x')
+    with pytest.raises(exceptions.BackendException, match='not in-use'):
+        store.add(IMAGE_ID, io.BytesIO(data_of(3 * 1024 * 1024)), 0,
+                  'sha512', context=context)
+    assert not [c for c in cinder.calls if c[0] == 'extend']
+    assert cinder.volumes == {}
+    no_leaks(cinder)
+
+
 def _grow_until(needed_gb, factor=1.33, max_step=64):
     sizes = [1]
     while sizes[-1] < needed_gb:
