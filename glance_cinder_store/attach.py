@@ -511,7 +511,7 @@ class HostAttachments:
             # "complete" only moves the attachment and the volume to their
             # attached status; the device is usable now, so the caller's
             # first read or write goes on beside it.  This process stays a
-            # holder until it has the answer (_finish_completing): no
+            # holder until it has the answer (_complete_answered): no
             # detach can overtake the complete.
             self._completing[record.attachment_id] = cinder.in_background(
                 volumes.attachment_complete, record.attachment_id)
@@ -556,6 +556,7 @@ class HostAttachments:
         return answer
 
     def _wait_completed(self, volumes, attachment_id):
+        """For calls Cinder takes only on an in-use volume (online extend)."""
         if not self._complete_answered(volumes, attachment_id):
             raise exceptions.BackendException(
                 'attachment %s: Cinder did not complete it, so the volume '
