@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -149,6 +150,44 @@ def test_unknown_store_is_a_clear_error(glance, cinder, images):
                              image_size=100, backend='no-such-store')
     assert err.value.code in (400, 404)
     assert not set(fx.all_volumes(cinder)) - before
+
+
+def test_image_deleted_while_its_data_uploads_leaves_nothing(
+        glance, cinder, images, admin, glance_url):
+    """A user deletes an image whose upload is under way (status saving).
+
+    Glance answers the upload 410 once the data is in; the volume the
+    upload wrote must go with it: no volume, attachment or loop device.
+    """
+    image = images()
+    deleted = threading.Event()
+    block = pattern(4 * MiB)
+
+    def body():
+        for i in range(16):
+            if i == 2:
+                # the store holds its volume by now; wait for the delete
+                assert deleted.wait(60), 'the image was not deleted'
+            yield block
+    answer = {}
+    uploader = threading.Thread(target=lambda: answer.update(resp=admin.put(
+        '%s/v2/images/%s/file' % (glance_url, image.id),
+        data=body(), raise_exc=False,   # a generator: sent chunked
+        headers={'Content-Type': 'application/octet-stream',
+                 'X-Image-Meta-Store': 'gold'})))
+    uploader.start()
+    try:
+        vol = fx.wait_for(lambda: fx.image_volumes(cinder, image.id).get(
+            fx.TYPES[fx.names.GOLD]), timeout=60,
+            what='the upload created its volume')
+        assert glance.images.get(image.id).status == 'saving'
+        glance.images.delete(image.id)
+    finally:
+        deleted.set()
+        uploader.join(120)
+    assert answer['resp'].status_code == 410, answer['resp'].text
+    fx.wait_gone(cinder, vol.id)   # Cinder deletes no attached volume
+    assert not fx.loops_of(vol.id)
 
 
 def test_stores_info(glance):
