@@ -111,6 +111,17 @@ def nothing_leaks(cinder):
     assert not loops, 'loop devices left behind: %s' % loops
 
 
+def cinder_attachments(cinder, volume_id):
+    """Every attachment of the volume, also one not completed yet.
+
+    A reader is attached once it has its device; Cinder's "complete" may
+    still be on its way then, and the volume's own view lists an
+    attachment only after it.
+    """
+    return cinder.attachments.list(search_opts={'volume_id': volume_id,
+                                                'all_tenants': 1})
+
+
 def image_volume(cinder, image_id):
     """The volume that holds an image written by a store driver."""
     vols = cinder.volumes.list(search_opts={'all_tenants': 1,

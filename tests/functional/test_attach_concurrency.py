@@ -74,17 +74,6 @@ def our_attachments(cinder, volume_id):
             if a.get('host_name') == socket.gethostname()]
 
 
-def cinder_attachments(cinder, volume_id):
-    """Every attachment of the volume, also one not completed yet.
-
-    A reader is attached once it has its device; Cinder's "complete" may
-    still be on its way then, and the volume's own view lists an
-    attachment only after it.
-    """
-    return cinder.attachments.list(search_opts={'volume_id': volume_id,
-                                                'all_tenants': 1})
-
-
 def store_and_location(state_dir, volume_id, **overrides):
     """Our driver, as one more glance-api process of this host would be."""
     store = test_driver.make_store(state_dir, **overrides)
@@ -186,7 +175,7 @@ def test_killed_reader_does_not_hurt_the_others(image, cinder, state_dir):
     readers = [start_reader(state_dir, vol.id, 0.05) for _ in range(3)]
     for r in readers:
         wait_line(r, 'attached')
-    assert len(cinder_attachments(cinder, vol.id)) == 1
+    assert len(fx.cinder_attachments(cinder, vol.id)) == 1
     readers[0].send_signal(signal.SIGKILL)
     readers[0].wait()
     for r in readers[1:]:
@@ -216,7 +205,7 @@ def test_killed_during_attach_or_detach_is_recovered(image, cinder,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # it did leave one behind (still 'reserved' if killed while attaching)
-    assert cinder_attachments(cinder, vol.id)
+    assert fx.cinder_attachments(cinder, vol.id)
     t0 = time.time()
     store, loc = store_and_location(state_dir, vol.id)
     body = read_all(store, loc)
@@ -232,7 +221,7 @@ def test_cleanup_tool_recovers_without_a_next_reader(image, cinder,
     wait_line(proc, 'attached')
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert cinder_attachments(cinder, vol.id)
+    assert fx.cinder_attachments(cinder, vol.id)
     store, _ = store_and_location(state_dir, vol.id)
     assert store.attachments.recover(store.volumes()) == [vol.id]
     assert_clean(cinder, vol.id, state_dir)

@@ -204,7 +204,7 @@ def test_rbd_reader_killed_mid_read(ceph_image, cinder, state_dir):
     readers = [start_reader(state_dir, vol.id) for _ in range(3)]
     for r in readers:
         conc.wait_line(r, 'attached')
-    assert len(conc.cinder_attachments(cinder, vol.id)) == 1
+    assert len(fx.cinder_attachments(cinder, vol.id)) == 1
     readers[0].send_signal(signal.SIGKILL)
     readers[0].wait()
     for r in readers[1:]:
