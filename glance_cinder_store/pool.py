@@ -202,13 +202,19 @@ class VolumePool:
         self._delete(volumes, entry)
 
     def _attach(self, volumes, entry):
-        """Attach the ready volume read-write, held until claimed."""
+        """Attach the ready volume read-write, held until claimed.
+
+        Offered only once Cinder has taken the attachment's "complete":
+        waiting costs no upload anything here, a pool volume is in-use as
+        Cinder shows it, and a refused complete is found before a claim.
+        """
         if self._attachments is None:
             return
-        holding = contextlib.ExitStack()
-        entry.attached = holding.enter_context(
-            self._attachments.attach(volumes, entry.volume, 'rw'))
-        entry.holding = holding
+        with contextlib.ExitStack() as holding:
+            attached = holding.enter_context(
+                self._attachments.attach(volumes, entry.volume, 'rw'))
+            attached.wait_completed()
+            entry.attached, entry.holding = attached, holding.pop_all()
 
     def _refresh_marks(self):
         """Keep the heartbeat of every ready volume's mark fresh."""

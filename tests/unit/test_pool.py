@@ -143,6 +143,41 @@ def test_pool_volumes_are_attached_ahead_of_time(pooled, cinder):
     assert cinder.volumes == {} and records.volume_ids() == []
 
 
+def test_a_pool_volume_is_offered_once_cinder_completed_its_attachment(
+        pooled, cinder, monkeypatch):
+    """The complete goes on in the background: the pool waits for it."""
+    complete = cinder.attachment_complete
+
+    def slow_complete(attachment_id):
+        time.sleep(0.3)
+        complete(attachment_id)
+    monkeypatch.setattr(cinder, 'attachment_complete', slow_complete)
+    store = pooled(size=1)
+    (vol,) = pool_volumes(cinder)
+    assert vol.status == 'in-use' and len(vol.attachments) == 1
+    store.close()
+
+
+def test_a_refused_complete_keeps_the_volume_out_of_the_pool(make_store,
+                                                             cinder):
+    cinder.fail['attachment_complete'] = exceptions.BackendException('no')
+    store = make_store(cinder_plus_volume_pool_size=1,
+                       cinder_plus_upload_heartbeat_interval=0)
+    try:
+        wait_until(lambda: [c for c in cinder.calls if c[0] == 'delete'])
+        assert len(store._pool) == 0
+        assert [c[0] for c in cinder.calls].count('attachment_complete') == 2
+        assert cinder.attachments == {} and cinder.volumes == {}
+        assert store.attachments.records.volume_ids() == []
+        del cinder.fail['attachment_complete']
+        store._pool._wake.set()
+        wait_until(lambda: len(store._pool) == 1)
+        assert pool_volumes(cinder)[0].status == 'in-use'
+    finally:
+        store.close()
+    assert cinder.volumes == {}
+
+
 def test_claimed_volume_of_a_failed_add_is_deleted(pooled, cinder, context):
     store = pooled(size=1)
 
