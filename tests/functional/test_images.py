@@ -4,8 +4,10 @@ import hashlib
 import io
 import json
 import os
+import socket
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -187,6 +189,75 @@ def test_image_deleted_while_its_data_uploads_leaves_nothing(
         uploader.join(120)
     assert answer['resp'].status_code == 410, answer['resp'].text
     fx.wait_gone(cinder, vol.id)   # Cinder deletes no attached volume
+    assert not fx.loops_of(vol.id)
+
+
+def _raw_request(glance_url, head):
+    """A socket with ``head`` sent: the client the tests then drop."""
+    url = urllib.parse.urlsplit(glance_url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=60)
+    sock.sendall(head.encode())
+    return sock
+
+
+def test_client_gone_mid_upload_leaves_nothing(glance, cinder, images,
+                                               admin, glance_url):
+    """The client sends 8 of 64 MiB and hangs up: no volume is kept.
+
+    Glance puts the image back to ``queued`` (it can be uploaded again);
+    the store deletes the volume it was writing, with its attachment and
+    loop device.
+    """
+    image = images()
+    sock = _raw_request(glance_url, (
+        'PUT /v2/images/%s/file HTTP/1.1\r\nHost: glance\r\n'
+        'X-Auth-Token: %s\r\nContent-Type: application/octet-stream\r\n'
+        'Content-Length: %d\r\nX-Image-Meta-Store: gold\r\n\r\n'
+        % (image.id, admin.get_token(), 64 * MiB)))
+    try:
+        for _ in range(8):
+            sock.sendall(pattern(MiB))
+        vol = fx.wait_for(lambda: fx.image_volumes(cinder, image.id).get(
+            fx.TYPES[fx.names.GOLD]), timeout=60,
+            what='the upload created its volume')
+    finally:
+        sock.close()
+    fx.wait_gone(cinder, vol.id)
+    assert not fx.loops_of(vol.id)
+    fx.wait_for(lambda: glance.images.get(image.id).status == 'queued',
+                timeout=60, what='image back to queued')
+    data = pattern(3 * MiB)             # and a new upload works
+    glance.images.upload(image.id, io.BytesIO(data), image_size=len(data),
+                         backend='gold')
+    assert glance.images.get(image.id).status == 'active'
+
+
+def test_client_gone_mid_download_lets_go_of_the_volume(
+        glance, cinder, images, admin, glance_url):
+    """Three clients read 4 of 32 MiB each and hang up.
+
+    The readers' holds end with their requests (an idle warm attachment
+    may stay); the next download is whole and the delete is prompt.
+    """
+    data = pattern(32 * MiB, 3)
+    image = upload(glance, images, data)
+    vol = fx.image_volume(cinder, image.id)
+    for _ in range(3):
+        sock = _raw_request(glance_url, (
+            'GET /v2/images/%s/file HTTP/1.1\r\nHost: glance\r\n'
+            'X-Auth-Token: %s\r\n\r\n' % (image.id, admin.get_token())))
+        with sock, sock.makefile('rb') as reply:
+            assert reply.readline().split()[1] == b'200'
+            reply.read(4 * MiB)
+    record = _record_when(vol.id, lambda r: not r.get('holders'), 60)
+    assert not record.get('holders'), record
+    resp = http_get(admin, glance_url, image.id)
+    assert resp.status_code == 200 and resp.content == data
+    t0 = time.monotonic()
+    glance.images.delete(image.id)
+    print('\ndelete after three dropped downloads: %.1f s'
+          % (time.monotonic() - t0))
+    fx.wait_gone(cinder, vol.id)
     assert not fx.loops_of(vol.id)
 
 
