@@ -253,7 +253,7 @@ class HostAttachments:
             self._completing.pop(record.attachment_id, None)
             try:
                 self._release(volumes, volume.id, me, volume,
-                              keep=completed)
+                              completed=completed)
             except Exception:
                 LOG.exception('volume %s: detach failed; the next user of '
                               'the volume or the self-healing pass will '
@@ -562,7 +562,13 @@ class HostAttachments:
                 'attachment %s: Cinder did not complete it, so the volume '
                 'is not in-use' % attachment_id)
 
-    def _release(self, volumes, volume_id, me, volume=None, keep=True):
+    def _release(self, volumes, volume_id, me, volume=None, completed=True):
+        """Let go of ``me``'s hold; the last holder keeps it warm or detaches.
+
+        ``completed``: False if Cinder refused this process's "complete" of
+        the attachment.  The record says so for every process of the host,
+        since the last holder may be one that never sent it.
+        """
         with self.lock(volume_id):
             record = self._load(volumes, volume_id)
             if record is None:
@@ -571,9 +577,10 @@ class HostAttachments:
                 return
             record.holders = [h for h in record.holders if h != me]
             record.prune()
+            record.uncompleted = record.uncompleted or not completed
             if record.holders:
                 self.records.save(record, durable=False)
-            elif (keep and record.mode == 'ro' and
+            elif (not record.uncompleted and record.mode == 'ro' and
                   record.state == holders.ATTACHED and self.warm.enabled):
                 record.idle_since = time.time()
                 self.records.save(record, durable=False)

@@ -181,6 +181,7 @@ class Record:
     volume: dict = None            # what readers need of the volume (ro)
     reads: int = 0                 # readers that joined since the attach
     in_page_cache: bool = False    # a keeper's fill read the whole image
+    uncompleted: bool = False      # Cinder refused its complete: not kept
 
     @property
     def device_path(self):

@@ -257,6 +257,30 @@ def test_refused_complete_is_retried_then_not_kept_warm(make_host, cinder,
     host.warm.close()
 
 
+def test_refused_complete_is_not_kept_warm_by_another_process(
+        make_host, cinder, volume):
+    """A reader that never sent the complete lets go last: no warm keep.
+
+    The process that sent the refused complete leaves first.
+    """
+    sender = make_host(cinder_plus_attach_grace_period=60)
+    joiner = make_host(cinder_plus_attach_grace_period=60)
+    cinder.fail['attachment_complete'] = exceptions.BackendException('x')
+    first = sender.attach(cinder, volume, 'ro')
+    first.__enter__()
+    second = joiner.attach(cinder, volume, 'ro')
+    second.__enter__()
+    assert len(creates(cinder)) == 1                # joined, not attached
+    first.__exit__(None, None, None)
+    assert sender.records.load(volume.id).uncompleted
+    del cinder.fail['attachment_complete']
+    second.__exit__(None, None, None)
+    assert cinder.attachments == {}
+    assert joiner.records.volume_ids() == []
+    sender.warm.close()
+    joiner.warm.close()
+
+
 def test_record_round_trip_and_validation(tmp_path):
     store = holders.RecordStore(str(tmp_path))
     rec = holders.Record('v1', 'a1', 'ro', holders=[holders.Holder.me()])
