@@ -492,7 +492,14 @@ class HostAttachments:
                                 volume=(volume_fields(volume)
                                         if mode == 'ro' else None),
                                 reads=1 if mode == 'ro' else 0)
-        self.records.save(record)
+        try:
+            self.records.save(record)
+        except OSError as e:
+            self._undo_unrecorded(volumes, record)
+            raise exceptions.BackendException(
+                'volume %s: cannot record its attachment in '
+                'cinder_plus_state_dir %s (%s); nothing was attached' % (
+                    volume.id, self.records.state_dir, e))
         pause_point('attaching')
         try:
             record.connection_info = attachment.get('connection_info')
@@ -528,6 +535,20 @@ class HostAttachments:
                 futures.wait([pending])     # the detach must not overtake it
             self._detach(volumes, record)
             raise
+
+    def _undo_unrecorded(self, volumes, record):
+        """Delete an attachment no record names yet (nothing connected).
+
+        Left behind, only an operator's clean-up would find it, and a
+        volume without multiattach would stay reserved for this host.
+        """
+        try:
+            volumes.attachment_delete(record.attachment_id)
+        except Exception as e:
+            LOG.warning('volume %s: could not delete attachment %s that no '
+                        'record names (%s); the clean-up tool '
+                        '(--untracked) deletes it', record.volume_id,
+                        record.attachment_id, e)
 
     def _complete_answered(self, volumes, attachment_id):
         """Wait for this process's "complete" of the attachment, if pending.
@@ -627,14 +648,14 @@ class HostAttachments:
         if record.state != holders.DETACHED:
             record.state = holders.DETACHING
             record.holders = []
-            self.records.save(record)
+            self._save_or_forget(record)
             if record.mode == 'ro':
                 self.keepers.let_go_everywhere(record.volume_id,
                                                record.device_path)
             pause_point('detaching')
             self._remove_device(volumes, record)
             record.state = holders.DETACHED
-            self.records.save(record)
+            self._save_or_forget(record)
         try:
             volumes.attachment_delete(record.attachment_id)
         except Exception as e:
@@ -644,6 +665,22 @@ class HostAttachments:
                     record.volume_id, record.attachment_id, e))
         self._secrets.pop(record.attachment_id, None)
         self.records.remove(record.volume_id)
+
+    def _save_or_forget(self, record):
+        """Save a detach's progress; on a full disk, drop the record.
+
+        Removing a file needs no space: nobody joins a volume without a
+        record, and the detach goes on.  Only if it fails too, or the
+        process dies before it ends, is the attachment left untracked (the
+        clean-up tool's --untracked finds it).
+        """
+        try:
+            self.records.save(record)
+        except OSError as e:
+            LOG.warning('volume %s: cannot save its attachment record (%s); '
+                        'removing it and detaching all the same',
+                        record.volume_id, e)
+            self.records.remove(record.volume_id)
 
     def _remove_device(self, volumes, record, save=True):
         """Disconnect the device unless someone else on this host uses it."""

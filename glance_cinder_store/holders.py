@@ -291,13 +291,21 @@ class RecordStore:
         """
         path = self.path(record.volume_id)
         tmp = '%s.%d.tmp' % (path, os.getpid())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, 'w') as f:
-            f.write(record.to_json())
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, 'w') as f:
+                f.write(record.to_json())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            # a full disk: no half-written file left to fill it further
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     def remove(self, volume_id):
         try:

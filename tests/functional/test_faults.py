@@ -377,6 +377,56 @@ def test_unusable_state_dir_is_a_clear_error(cinder):
         cinder, 'image-' + image_id), timeout=60, what='volume deleted')
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs for a state folder, filled up by ``fill()``."""
+    mnt = tmp_path / 'small'
+    mnt.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs',
+                    str(mnt)], check=True)
+    filler = mnt / 'filler'
+
+    def fill():
+        with open(filler, 'wb', buffering=0) as f:
+            try:
+                while True:
+                    f.write(bytes(4096))
+            except OSError:
+                pass
+    try:
+        yield mnt, fill, filler.unlink
+    finally:
+        subprocess.run(['umount', str(mnt)], check=True)
+
+
+def test_full_state_disk_is_a_clear_error_and_attaches_nothing(
+        small_disk, cinder, stored):
+    """The state folder's disk fills up after start-up, then frees up."""
+    mnt, fill, free = small_disk
+    image, data = stored
+    vol = fx.image_volume(cinder, image.id)
+    store = test_driver.make_store(mnt / 'state')
+    loc = gs_location.get_location_from_uri_and_backend(
+        'cinder://gold/%s' % vol.id, 'gold', conf=store.conf)
+    ctx = test_driver.Context('faults')
+    fill()
+    with pytest.raises(exceptions.BackendException,
+                       match='cinder_plus_state_dir .*No space left'):
+        b''.join(store.get(loc, context=ctx)[0])
+    assert not fx.cinder_attachments(cinder, vol.id)
+    assert not fx.loops_of(vol.id)
+    image_id = str(uuid.uuid4())
+    with pytest.raises(exceptions.BackendException, match='No space left'):
+        store.add(image_id, io.BytesIO(b'x' * MiB), MiB, 'sha256',
+                  context=ctx)
+    fx.wait_for(lambda: not test_driver.volumes_named(
+        cinder, 'image-' + image_id), timeout=60, what='volume deleted')
+    free()
+    assert b''.join(store.get(loc, context=ctx)[0]) == data
+    assert not fx.cinder_attachments(cinder, vol.id)
+    assert not os.listdir(mnt / 'state' / 'attachments')
+
+
 def test_backend_full_is_a_clear_error(tmp_path, cinder):
     project = fx.session_for('glance').get_project_id()
     quota = cinder.quotas.get(project)

@@ -1,6 +1,7 @@
 """Host attachments: sharing, exclusivity, crash recovery, foreign users."""
 
 import dataclasses
+import errno
 import os
 import socket
 import subprocess
@@ -279,6 +280,55 @@ def test_refused_complete_is_not_kept_warm_by_another_process(
     assert joiner.records.volume_ids() == []
     sender.warm.close()
     joiner.warm.close()
+
+
+def disk_full(monkeypatch, records, when):
+    """Saves of records fail with ENOSPC while ``when(record)`` holds."""
+    save = records.save
+
+    def saving(record, durable=True):
+        if when(record):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        save(record, durable)
+    monkeypatch.setattr(records, 'save', saving)
+
+
+def test_full_state_disk_attaches_nothing(host, cinder, volume,
+                                          monkeypatch):
+    disk_full(monkeypatch, host.records, lambda record: True)
+    with pytest.raises(exceptions.BackendException,
+                       match='cannot record its attachment in '
+                             'cinder_plus_state_dir .*No space'):
+        with host.attach(cinder, volume, 'ro'):
+            pass
+    assert len(creates(cinder)) == 1
+    assert cinder.attachments == {}             # deleted again
+    assert fakes.FakeConnection.connected == {}
+    assert host.records.volume_ids() == []
+
+
+def test_a_save_failing_mid_detach_still_detaches(host, cinder, volume,
+                                                  monkeypatch):
+    disk_full(monkeypatch, host.records,
+              lambda record: record.state == holders.DETACHING)
+    with host.attach(cinder, volume, 'rw'):
+        pass
+    assert cinder.attachments == {}
+    assert fakes.FakeConnection.connected == {}
+    assert host.records.volume_ids() == []
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    records = holders.RecordStore(str(tmp_path))
+    record = holders.Record('vol-1', 'att-1', 'ro')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(os, 'fsync', full)
+    with pytest.raises(OSError):
+        records.save(record)
+    monkeypatch.undo()
+    assert os.listdir(records.dir) == []
 
 
 def test_record_round_trip_and_validation(tmp_path):
