@@ -382,8 +382,10 @@ def small_disk(tmp_path):
     """A 256 KiB tmpfs for a state folder, filled up by ``fill()``."""
     mnt = tmp_path / 'small'
     mnt.mkdir()
-    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs',
-                    str(mnt)], check=True)
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k',
+                              'tmpfs', str(mnt)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip('cannot mount a tmpfs: %s' % mounted.stderr.decode())
     filler = mnt / 'filler'
 
     def fill():
