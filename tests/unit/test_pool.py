@@ -158,26 +158,6 @@ def test_a_pool_volume_is_offered_once_cinder_completed_its_attachment(
     store.close()
 
 
-def test_a_refused_complete_keeps_the_volume_out_of_the_pool(make_store,
-                                                             cinder):
-    cinder.fail['attachment_complete'] = exceptions.BackendException('no')
-    store = make_store(cinder_plus_volume_pool_size=1,
-                       cinder_plus_upload_heartbeat_interval=0)
-    try:
-        wait_until(lambda: [c for c in cinder.calls if c[0] == 'delete'])
-        assert len(store._pool) == 0
-        assert [c[0] for c in cinder.calls].count('attachment_complete') == 2
-        assert cinder.attachments == {} and cinder.volumes == {}
-        assert store.attachments.records.volume_ids() == []
-        del cinder.fail['attachment_complete']
-        store._pool._wake.set()
-        wait_until(lambda: len(store._pool) == 1)
-        assert pool_volumes(cinder)[0].status == 'in-use'
-    finally:
-        store.close()
-    assert cinder.volumes == {}
-
-
 def test_claimed_volume_of_a_failed_add_is_deleted(pooled, cinder, context):
     store = pooled(size=1)
 
@@ -286,16 +266,25 @@ def test_the_healer_deletes_the_pool_of_a_dead_process(store, cinder):
     assert heal.dead_uploads(store.store_conf.cinder_plus_state_dir) == {}
 
 
-def test_a_failed_refill_backs_off_and_recovers(make_store, cinder):
-    cinder.fail['create'] = exceptions.StorageFull('quota')
+@pytest.mark.parametrize('failing,error,then', [
+    ('create', exceptions.StorageFull('quota'), 'create'),
+    # a refused complete: the volume is detached and deleted, not offered
+    ('attachment_complete', exceptions.BackendException('no'), 'delete'),
+])
+def test_a_failed_refill_backs_off_and_recovers(make_store, cinder, failing,
+                                                error, then):
+    cinder.fail[failing] = error
     store = make_store(cinder_plus_volume_pool_size=1,
                        cinder_plus_upload_heartbeat_interval=0)
     try:
-        wait_until(lambda: [c for c in cinder.calls if c[0] == 'create'])
+        wait_until(lambda: [c for c in cinder.calls if c[0] == then])
         assert len(store._pool) == 0
-        del cinder.fail['create']
+        assert cinder.attachments == {} and cinder.volumes == {}
+        assert store.attachments.records.volume_ids() == []
+        del cinder.fail[failing]
         store._pool._wake.set()
         wait_until(lambda: len(store._pool) == 1)
+        assert pool_volumes(cinder)[0].status == 'in-use'
     finally:
         store.close()
     assert cinder.volumes == {}
